@@ -1,0 +1,1 @@
+"""Recipes, sweep launchers and benchmarks built on pojax."""

@@ -1,0 +1,163 @@
+"""The base run config (every recipe in configs/ derives from it) and its validation.
+
+One source of truth for the stable keys of DESIGN.md. ``validate`` raises ``ConfigError``
+naming the offending key; ``python -m pojax.main`` turns it into one line on stderr.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from pojax import losses
+
+TASKS = ("sft", "pretrain", "train", "eval", "sample", "export", "diffpo")
+DATA_FORMATS = ("paired", "unpaired", "ranked", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
+LIKELIHOODS = ("autoregressive", "diffusion")
+REFERENCE_MODES = ("copy", "precomputed", "lora_base", "none")
+UNPAIRED_LOSSES = ("kto", "apo_zero_unpaired", "bco")
+
+
+# Every loss hyperparameter (TRL's names) with its type. The loss section holds each as an
+# unset placeholder, so ``--config.loss.<name>=...`` works for any loss; unset ones keep the
+# loss function's own default. Runtime state (BCO's ``state``) is not a config key.
+LOSS_HPARAMS = {
+    "beta": float, "label_smoothing": float, "f_divergence_type": str, "f_alpha_divergence_coef": float,
+    "discopop_tau": float, "ld_alpha": float, "use_weighting": bool, "rpo_alpha": float,
+    "loss_weights": tuple, "simpo_gamma": float, "cpo_alpha": float, "alpha": float,
+    "asft_lambda": float, "desirable_weight": float, "undesirable_weight": float,
+}
+RUNTIME_LOSS_ARGS = ("state",)
+
+
+class ConfigError(ValueError):
+    """A bad config value; ``key`` is its dotted path (e.g. ``loss.beta``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key {key}: {message}")
+        self.key = key
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults every recipe starts from (a tiny random Llama on the gold-reward gym)."""
+    c = ml_collections.ConfigDict()
+    c.task = "train"  # sft | pretrain | train | eval | sample | export | diffpo
+
+    c.model = ml_collections.ConfigDict()
+    c.model.path = ""  # Hugging Face checkpoint dir; "" = random model from the sizes below
+    c.model.family = "llama"  # llama | mistral | qwen2 | qwen3 | llada (used when path == "")
+    c.model.vocab_size = 256  # tokens
+    c.model.hidden_size = 64  # D
+    c.model.num_layers = 2
+    c.model.num_heads = 4  # H
+    c.model.num_kv_heads = 2  # K (GQA groups)
+    c.model.intermediate_size = 128  # F, SwiGLU width
+    c.model.dtype = "float32"  # float32 | bfloat16: parameter / compute dtype
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = ""  # file or dir in its upstream layout; "" for the built-in gym
+    c.data.format = "gym"  # paired | unpaired | ranked | hh_rlhf | ultrafeedback_binarized | kto_mix | gym
+    c.data.max_prompt_length = 32  # tokens, prompts are truncated from the left
+    c.data.max_completion_length = 32  # tokens, completions are truncated from the right
+    c.data.packing = False  # pack pairs into fixed rows with segment ids
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "sigmoid"  # any pojax.losses.names(); "a+b" for a weighted sum
+    for key, kind in LOSS_HPARAMS.items():  # TRL's names; unset = the loss's own default
+        c.loss[key] = config_dict.placeholder(kind)
+    c.loss.beta = 0.1  # TRL's β
+
+    c.likelihood = ml_collections.ConfigDict()
+    c.likelihood.kind = "autoregressive"  # autoregressive | diffusion
+    c.likelihood.chunk_size = 1024  # sequence chunk of the chunked log-softmax, tokens
+    c.likelihood.n_mc = 8  # Monte Carlo draws of the diffusion ELBO
+    c.likelihood.estimator = "antithetic"  # diffusion ELBO estimator
+
+    c.reference = ml_collections.ConfigDict()
+    c.reference.mode = "copy"  # copy | precomputed | lora_base | none (reference-free losses)
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 5e-4  # peak learning rate
+    c.optimizer.schedule = "cosine"  # cosine | linear | constant, after warm-up
+    c.optimizer.warmup_steps = 10  # steps
+    c.optimizer.weight_decay = 0.0  # AdamW decoupled weight decay
+    c.optimizer.max_grad_norm = 1.0  # global-norm clipping; 0 = off
+
+    c.train = ml_collections.ConfigDict()
+    c.train.max_steps = 100  # optimizer steps
+    c.train.batch_size = 16  # global, in examples (pairs for paired data)
+    c.train.grad_accum_steps = 1  # micro-batches per optimizer step
+    c.train.seed = 0  # PRNG seed of init, data order and dropout
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the data axis; -1 = the rest
+    c.mesh.fsdp = 1  # devices on the fsdp axis
+    c.mesh.tensor = 1  # devices on the tensor axis
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 50  # steps between checkpoints
+    c.checkpoint.keep = 2  # checkpoints kept
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 50  # steps between evaluations
+    c.eval.num_examples = 64  # held-out examples per evaluation
+
+    c.logging = ml_collections.ConfigDict()
+    c.logging.every_steps = 1  # steps between metrics.jsonl lines
+    c.logging.plots = True  # write plots/*.png at the end of the run
+    return c
+
+
+def _one_of(config, key: str, allowed) -> None:
+    section, _, field = key.partition(".")
+    value = config[section][field] if field else config[section]
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _positive(config, key: str) -> None:
+    section, _, field = key.partition(".")
+    value = config[section][field]
+    if not isinstance(value, int) or value <= 0:
+        raise ConfigError(key, f"must be a positive integer, got {value!r}")
+
+
+def loss_hparams(config) -> dict:
+    """The loss hyperparameters a config sets (unset placeholders left out)."""
+    return {k: v for k, v in config.loss.items() if k != "name" and v is not None}
+
+
+def validate_loss(config) -> None:
+    """The loss exists, every loss.<key> is one of its hyperparameters, and the reference
+    mode fits (a reference-based loss cannot run with reference.mode = "none")."""
+    name = config.loss.name
+    try:
+        fn = losses.get(name)
+    except ValueError as e:
+        raise ConfigError("loss.name", str(e)) from None
+    accepted = losses.hparam_names(fn)
+    for key in loss_hparams(config):
+        if key not in accepted:
+            raise ConfigError(f"loss.{key}", f"loss {name!r} has no hyperparameter {key!r}; it accepts: {', '.join(accepted)}")
+    if config.reference.mode == "none" and losses.needs_reference(name):
+        raise ConfigError("reference.mode", f"'none', but loss {name!r} needs reference log-probs")
+
+
+def validate(config) -> None:
+    """Raises ConfigError for the first bad key of a run config."""
+    _one_of(config, "task", TASKS)
+    _one_of(config, "data.format", DATA_FORMATS)
+    _one_of(config, "likelihood.kind", LIKELIHOODS)
+    _one_of(config, "reference.mode", REFERENCE_MODES)
+    for key in ("train.max_steps", "train.batch_size", "train.grad_accum_steps", "checkpoint.every_steps", "checkpoint.keep"):
+        _positive(config, key)
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        if not isinstance(size, int) or (size < 1 and size != -1):
+            raise ConfigError(f"mesh.{axis}", f"must be a positive integer or -1 (the rest), got {size!r}")
+    if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+        raise ConfigError("mesh", "at most one axis may be -1")
+    validate_loss(config)
+    unpaired = config.data.format in ("unpaired", "kto_mix")
+    if unpaired != (config.loss.name in UNPAIRED_LOSSES) and config.task == "train":
+        kind = "unpaired" if unpaired else "paired"
+        raise ConfigError("loss.name", f"{config.loss.name!r} does not take {kind} data (data.format={config.data.format!r})")

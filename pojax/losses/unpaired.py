@@ -1,0 +1,135 @@
+r"""Losses of single completions labelled desirable / undesirable: KTO, APO-zero (unpaired), BCO.
+
+r = log π(y|x) - log π_ref(y|x) is the implicit reward of a completion. Metrics are scalars
+(means over the desirable or undesirable examples of the batch, NaN when there are none),
+with TRL's names.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from pojax.losses import terms
+from pojax.losses.registry import register
+from pojax.losses.types import LossOutput, UnpairedLogps
+
+
+def _cast(logps: UnpairedLogps, name: str, need_kl: bool) -> UnpairedLogps:
+    if logps.ref_completion is None:
+        raise ValueError(
+            f"loss {name!r} needs reference log-probs, but UnpairedLogps.ref_completion is None; "
+            "set reference.mode to 'copy', 'precomputed' or 'lora_base'"
+        )
+    if need_kl and (logps.kl is None or logps.ref_kl is None):
+        raise ValueError(
+            f"loss {name!r} estimates KTO's z0 from mismatched completions, but UnpairedLogps.kl / "
+            "ref_kl are None; pass the log-likelihoods of each prompt paired with another row's completion"
+        )
+    return logps.replace(
+        completion=terms.f32(logps.completion),
+        ref_completion=terms.f32(logps.ref_completion),
+        kl=terms.f32(logps.kl),
+        ref_kl=terms.f32(logps.ref_kl),
+        label=jnp.asarray(logps.label, bool),
+    )
+
+
+def _masked_mean(x, mask):
+    count = jnp.sum(mask)
+    return jnp.where(count > 0, jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(count, 1), jnp.nan)
+
+
+def _metrics(logps: UnpairedLogps, rewards) -> dict:
+    sg = jax.lax.stop_gradient
+    rewards, label = sg(rewards), logps.label
+    chosen, rejected = _masked_mean(rewards, label), _masked_mean(rewards, ~label)
+    return {
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margins": chosen - rejected,
+        "logps/chosen": _masked_mean(sg(logps.completion), label),
+        "logps/rejected": _masked_mean(sg(logps.completion), ~label),
+    }
+
+
+def kto_z0(logps: UnpairedLogps):
+    """KTO's reference point z0 = max(0, mean_B[log π(y'|x) - log π_ref(y'|x)]), no gradient.
+
+    y' is a mismatched completion (TRL pairs each prompt with the previous row's completion).
+    The mean runs over the batch given (TRL: over all processes). Scalar float32.
+    """
+    return jax.lax.stop_gradient(jnp.maximum(jnp.mean(logps.kl - logps.ref_kl), 0.0))
+
+
+@register("kto")
+def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0) -> LossOutput:
+    r"""KTO (Ethayarajh et al., arXiv 2402.01306, Eq. 7–8), as in TRL's KTOTrainer:
+
+    L = λ_D (1 - σ(β(r - z0)))  for desirable y,
+        λ_U (1 - σ(β(z0 - r)))  for undesirable y,
+
+    λ_D = ``desirable_weight``, λ_U = ``undesirable_weight``, z0 from ``kto_z0`` (couples the
+    batch; clamped at 0 and without gradient, as in the paper and TRL).
+    """
+    logps = _cast(logps, "kto", need_kl=True)
+    z0 = kto_z0(logps)
+    r = logps.completion - logps.ref_completion
+    loss = jnp.where(
+        logps.label,
+        desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r - z0))),
+        undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - r))),
+    )
+    metrics = _metrics(logps, beta * r)
+    metrics["kl"] = z0
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+@register("apo_zero_unpaired")
+def apo_zero_unpaired(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0) -> LossOutput:
+    r"""APO-zero on unpaired data (D'Oosterlinck et al., arXiv 2408.06266, Eq. 7 per completion):
+    L = λ_D (1 - σ(βr)) for desirable y, λ_U σ(βr) for undesirable y. No z0."""
+    logps = _cast(logps, "apo_zero_unpaired", need_kl=False)
+    r = logps.completion - logps.ref_completion
+    loss = jnp.where(
+        logps.label,
+        desirable_weight * (1.0 - jax.nn.sigmoid(beta * r)),
+        undesirable_weight * jax.nn.sigmoid(beta * r),
+    )
+    return LossOutput(loss=loss, metrics=_metrics(logps, beta * r))
+
+
+@struct.dataclass
+class BCOState:
+    """BCO's running reward mean δ over every reward seen so far (Welford), and the count."""
+
+    mean: jax.Array = struct.field(default_factory=lambda: jnp.zeros((), jnp.float32))
+    count: jax.Array = struct.field(default_factory=lambda: jnp.zeros((), jnp.float32))
+
+    def update(self, rewards) -> "BCOState":
+        n = jnp.asarray(rewards.size, jnp.float32)
+        total = self.count + n
+        mean = self.mean + (jnp.mean(rewards) - self.mean) * n / total
+        return BCOState(mean=mean, count=total)
+
+
+@register("bco")
+def bco(logps: UnpairedLogps, *, beta=0.1, state: BCOState | None = None) -> LossOutput:
+    r"""BCO (Jung et al., arXiv 2404.04656, Eq. 7–8): a binary classifier whose logit is the
+    implicit reward shifted by the running mean δ of all rewards seen so far:
+
+    L = -log σ(βr - δ) for desirable y,  -log σ(-(βr - δ)) for undesirable y.
+
+    ``state`` carries δ explicitly (None: a fresh δ = 0 with count 0). δ is first updated with
+    this batch's rewards, then used (as TRL's BCOTrainer did before it was removed), and the
+    new state is returned in ``LossOutput.state``. Couples the batch through δ. The paper's
+    optional density-ratio matching (UDM) is not included.
+    """
+    logps = _cast(logps, "bco", need_kl=False)
+    rewards = beta * (logps.completion - logps.ref_completion)
+    new_state = (state or BCOState()).update(jax.lax.stop_gradient(rewards))
+    delta = new_state.mean
+    loss = jnp.where(logps.label, -jax.nn.log_sigmoid(rewards - delta), -jax.nn.log_sigmoid(-(rewards - delta)))
+    metrics = _metrics(logps, rewards)
+    metrics["delta"] = delta
+    return LossOutput(loss=loss, metrics=metrics, state=new_state)

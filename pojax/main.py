@@ -1,0 +1,70 @@
+"""``python -m pojax.main --config=configs/<recipe>.py [--workdir=DIR] [--config.key=value ...]``.
+
+Loads the recipe with ml_collections ``config_flags``, validates it (a bad key exits with
+status 2 and one line on stderr naming the key), prints it and writes ``DIR/config.json``.
+Tasks are dispatched from ``TASK_RUNNERS``; the trainer and the other tasks land with their
+issues, until then the run stops after validation and says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pojax.config import ConfigError, validate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/quickstart.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, plots/.")
+
+# task name -> callable(config, workdir); filled in as the tasks land.
+TASK_RUNNERS: dict = {}
+
+
+def main(argv) -> int:
+    del argv
+    config = _CONFIG.value
+    if config is None:
+        print("pojax: --config is required (e.g. --config=configs/quickstart.py)", file=sys.stderr)
+        return 2
+    try:
+        validate(config)
+    except ConfigError as e:
+        print(f"pojax: {e}", file=sys.stderr)
+        return 2
+    print(config.to_json_best_effort(indent=2, sort_keys=True))
+    workdir = _WORKDIR.value
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    runner = TASK_RUNNERS.get(config.task)
+    if runner is None:
+        logging.warning("config is valid; task %r is not implemented yet, so nothing was run", config.task)
+        print(f"pojax: config valid; task {config.task!r} is not implemented yet (see the issue tracker)")
+        return 0
+    runner(config, workdir)
+    return 0
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad --config.<key> override reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # config_flags: an override of a key that does not exist
+        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+        print(f"pojax: unknown config key {e} in {overrides}", file=sys.stderr)
+        sys.exit(2)
+    except (flags.Error, TypeError, ValueError) as e:
+        print(f"pojax: bad flag: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

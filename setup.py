@@ -1,0 +1,31 @@
+"""pojax: preference optimization of language models in JAX/Flax NNX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="pojax",
+    version="0.1.0",
+    description="Preference optimization (DPO family, KTO, ELBO-KTO, DiffPO) for LMs in JAX/Flax NNX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pojax", "pojax.*", "experiments", "experiments.*"]),
+    install_requires=[
+        "jax",
+        "flax>=0.12.4",
+        "optax",
+        "orbax-checkpoint",
+        "transformers",
+        "tensorflow-datasets",
+        "grain",
+        "ml_collections",
+        "absl-py",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        # torch is pinned exactly: a CPU wheel of 2.13.0 is on disk; anything else pulls CUDA.
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "trl", "nbclient", "nbformat", "ipykernel"],
+        "tpu": ["jax[tpu]"],
+        "cuda": ["jax[cuda12]"],
+    },
+)
