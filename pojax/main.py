@@ -55,7 +55,10 @@ def _parse_flags(argv):
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # config_flags: an override of a key that does not exist
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-        print(f"pojax: unknown config key {e} in {overrides}", file=sys.stderr)
+        # config_flags wraps a KeyError's repr in an AttributeError: unescape it to plain text.
+        detail = str(e.args[0] if e.args else e).replace("\\'", "'").replace("\\n", "\n")
+        detail = "; ".join(part.strip("\"' ") for part in detail.splitlines())
+        print(f"pojax: unknown config key in {overrides}: {detail}", file=sys.stderr)
         sys.exit(2)
     except (flags.Error, TypeError, ValueError) as e:
         print(f"pojax: bad flag: {e}", file=sys.stderr)

@@ -1,0 +1,92 @@
+"""Every recipe in configs/ builds and validates; validation names the bad key."""
+import glob
+import importlib.util
+import inspect
+import os
+
+import pytest
+
+import pojax.losses as L
+from pojax.config import LOSS_HPARAMS, RUNTIME_LOSS_ARGS, ConfigError, base_config, loss_hparams, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_there_are_recipes():
+    assert any(p.endswith("quickstart.py") for p in RECIPES)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_builds_and_validates(path):
+    validate(load(path))
+
+
+def test_every_loss_hyperparameter_is_a_config_key():
+    for name in L.names():
+        for p in inspect.signature(L.get(name)).parameters.values():
+            if p.kind == p.KEYWORD_ONLY and p.name not in RUNTIME_LOSS_ARGS:
+                assert p.name in LOSS_HPARAMS, (name, p.name)
+
+
+def test_unset_loss_keys_are_left_to_the_loss():
+    config = base_config()
+    assert loss_hparams(config) == {"beta": 0.1}
+    config.loss.label_smoothing = 0.2
+    assert loss_hparams(config) == {"beta": 0.1, "label_smoothing": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("task", "fly", "config key task: 'fly' is not one of sft"),
+        ("data.format", "csv", "config key data.format: 'csv' is not one of"),
+        ("reference.mode", "twin", "config key reference.mode: 'twin'"),
+        ("likelihood.kind", "exact", "config key likelihood.kind: 'exact'"),
+        ("train.max_steps", 0, "config key train.max_steps: must be a positive integer"),
+        ("mesh.fsdp", 0, "config key mesh.fsdp: must be a positive integer or -1"),
+        ("loss.name", "dpo2", "config key loss.name: unknown loss 'dpo2'"),
+        ("loss.simpo_gamma", 1.0, "config key loss.simpo_gamma: loss 'sigmoid' has no hyperparameter 'simpo_gamma'"),
+    ],
+)
+def test_bad_values_name_their_key(key, value, message):
+    config = base_config()
+    section, _, field = key.partition(".")
+    if field:
+        config[section][field] = value
+    else:
+        config[section] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_reference_free_mode_needs_a_reference_free_loss():
+    config = base_config()
+    config.reference.mode = "none"
+    with pytest.raises(ConfigError, match="reference.mode: 'none', but loss 'sigmoid' needs reference log-probs"):
+        validate(config)
+    config.loss.name = "simpo"
+    validate(config)
+
+
+def test_paired_and_unpaired_must_match():
+    config = base_config()
+    config.loss.name = "kto"
+    with pytest.raises(ConfigError, match="'kto' does not take paired data"):
+        validate(config)
+    config.data.format = "kto_mix"
+    validate(config)
+
+
+def test_two_rest_axes_are_refused():
+    config = base_config()
+    config.mesh.fsdp = -1
+    with pytest.raises(ConfigError, match="config key mesh: at most one axis may be -1"):
+        validate(config)
