@@ -1,0 +1,287 @@
+"""Hugging Face checkpoints ↔ pojax NNX models.
+
+``from_pretrained(dir)`` reads config.json and the *.safetensors files (a single file or a
+sharded set with model.safetensors.index.json) straight into the model's (optionally mesh-
+sharded) parameters: each device reads only its own slice of each tensor, so the full model is
+never gathered on one host. ``save_pretrained(model, dir)`` writes the same layout back, which
+transformers loads unchanged.
+
+The name map is data: ``_TOP`` and ``_LAYER`` below pair each pojax parameter path with its
+transformers tensor name and how the layout differs (transformers' Linear stores [out, in];
+pojax stores kernels as [in..., out...] with heads split out). All problems of a checkpoint
+(missing tensors, missing shard files, shapes that disagree with config.json) are collected and
+raised together in one error before any parameter is replaced.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from pojax import sharding
+from pojax.models.config import ModelConfig
+from pojax.models.layers import dtype_of
+from pojax.models.transformer import CausalLM
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+# pojax path (within the model) -> (transformers name, layout); layout "copy" (same shape),
+# "reshape" (same data, heads split), or ("linear", n_in): a transformers [out, in] weight
+# stored as [in..., out...] whose first n_in dims are the input.
+_TOP = {
+    ("embed_tokens",): ("model.embed_tokens.weight", "copy"),
+    ("norm", "weight"): ("model.norm.weight", "copy"),
+    ("lm_head",): ("lm_head.weight", ("linear", 1)),
+}
+_LAYER = {
+    ("input_layernorm", "weight"): "input_layernorm.weight",
+    ("post_attention_layernorm", "weight"): "post_attention_layernorm.weight",
+    ("self_attn", "q_proj", "kernel"): "self_attn.q_proj.weight",
+    ("self_attn", "k_proj", "kernel"): "self_attn.k_proj.weight",
+    ("self_attn", "v_proj", "kernel"): "self_attn.v_proj.weight",
+    ("self_attn", "o_proj", "kernel"): "self_attn.o_proj.weight",
+    ("self_attn", "q_proj", "bias"): "self_attn.q_proj.bias",
+    ("self_attn", "k_proj", "bias"): "self_attn.k_proj.bias",
+    ("self_attn", "v_proj", "bias"): "self_attn.v_proj.bias",
+    ("self_attn", "o_proj", "bias"): "self_attn.o_proj.bias",
+    ("self_attn", "q_norm", "weight"): "self_attn.q_norm.weight",
+    ("self_attn", "k_norm", "weight"): "self_attn.k_norm.weight",
+    ("mlp", "gate_proj", "kernel"): "mlp.gate_proj.weight",
+    ("mlp", "up_proj", "kernel"): "mlp.up_proj.weight",
+    ("mlp", "down_proj", "kernel"): "mlp.down_proj.weight",
+    ("mlp", "gate_proj", "bias"): "mlp.gate_proj.bias",
+    ("mlp", "up_proj", "bias"): "mlp.up_proj.bias",
+    ("mlp", "down_proj", "bias"): "mlp.down_proj.bias",
+}
+_N_IN = {"o_proj": 2}  # kernels whose input is two dims (heads, head_dim); all others one
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match its config or is incomplete (every problem listed)."""
+
+
+def _layout(suffix: tuple) -> object:
+    if suffix[-1] == "kernel":
+        return ("linear", _N_IN.get(suffix[-2], 1))
+    if suffix[-1] == "bias" and suffix[-2] in ("q_proj", "k_proj", "v_proj"):
+        return "reshape"
+    return "copy"
+
+
+def name_map(model: CausalLM) -> dict[tuple, tuple]:
+    """pojax param path -> (list of transformers names, one per stacked layer or one, layout)."""
+    out = {}
+    n_layers = model.config.num_hidden_layers
+    state = nnx.state(model, nnx.Param)
+    for path, _ in nnx.to_flat_state(state):
+        path = tuple(path)
+        if path in _TOP:
+            name, layout = _TOP[path]
+            out[path] = ([name], layout)
+        elif path[0] == "layers":
+            if model.config.scan_layers:
+                suffix, names = path[1:], [f"model.layers.{i}." for i in range(n_layers)]
+            else:
+                suffix, names = path[2:], [f"model.layers.{path[1]}."]
+            out[path] = ([n + _LAYER[suffix] for n in names], _layout(suffix))
+        else:
+            raise KeyError(f"no transformers name for pojax parameter {path}")
+    return out
+
+
+def hf_shape(shape: tuple, layout) -> tuple:
+    """The transformers shape of a pojax parameter of ``shape`` (one layer's slice)."""
+    if layout == "copy":
+        return tuple(shape)
+    if layout == "reshape":
+        return (math.prod(shape),)
+    n_in = layout[1]
+    return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
+
+
+def to_pojax(w: np.ndarray, shape: tuple, layout) -> np.ndarray:
+    """A full transformers tensor in pojax's layout."""
+    return w.reshape(shape) if layout in ("copy", "reshape") else w.T.reshape(shape)
+
+
+def to_hf(w: np.ndarray, layout) -> np.ndarray:
+    """A full pojax parameter in transformers' layout."""
+    if layout == "copy":
+        return w
+    if layout == "reshape":
+        return w.reshape(-1)
+    n_in = layout[1]
+    return np.ascontiguousarray(w.reshape(math.prod(w.shape[:n_in]), -1).T)
+
+
+class _Checkpoint:
+    """Lazy access to the tensors of a checkpoint directory, file by file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        index = os.path.join(path, INDEX_FILE)
+        if os.path.exists(index):
+            with open(index) as f:
+                self.where = json.load(f)["weight_map"]
+        elif os.path.exists(os.path.join(path, SINGLE_FILE)):
+            with safe_open(os.path.join(path, SINGLE_FILE), framework="numpy") as f:
+                self.where = {k: SINGLE_FILE for k in f.keys()}
+        else:
+            raise CheckpointError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+        self._open = {}
+
+    def file_of(self, name: str) -> str | None:
+        return self.where.get(name)
+
+    def handle(self, name: str):
+        fname = self.where[name]
+        if fname not in self._open:
+            self._open[fname] = safe_open(os.path.join(self.path, fname), framework="numpy")
+        return self._open[fname]
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self.handle(name).get_slice(name).get_shape())
+
+    def read(self, name: str, rows=None, cols=None) -> np.ndarray:
+        """The tensor, or its [rows, cols] block (slices) of a 2-D tensor."""
+        s = self.handle(name).get_slice(name)
+        if rows is None:
+            return s[:]
+        return s[rows, cols]
+
+
+def _check(ckpt: _Checkpoint, names: dict, abstract: dict) -> None:
+    problems = []
+    for path, (hf_names, layout) in names.items():
+        shape = abstract[path].shape[1:] if len(hf_names) > 1 else abstract[path].shape
+        want = hf_shape(shape, layout)
+        for name in hf_names:
+            fname = ckpt.file_of(name)
+            if fname is None:
+                problems.append(f"tensor {name!r} is missing")
+            elif not os.path.exists(os.path.join(ckpt.path, fname)):
+                problems.append(f"tensor {name!r}: shard file {fname!r} is missing")
+            elif ckpt.shape(name) != want:
+                problems.append(f"tensor {name!r} in {fname} has shape {ckpt.shape(name)} but config.json implies {want}")
+    if problems:
+        raise CheckpointError(f"checkpoint {ckpt.path}: " + "; ".join(problems))
+
+
+def _region(index: tuple, shape: tuple) -> list[np.ndarray]:
+    return [np.arange(*sl.indices(n)) for sl, n in zip(index, shape)]
+
+
+def _read_block(ckpt: _Checkpoint, name: str, shape: tuple, layout, index: tuple) -> np.ndarray:
+    """The block ``index`` (slices of pojax's ``shape``) of one layer's parameter, reading only
+    the rows/columns of the transformers tensor that the block covers."""
+    if layout in ("copy", "reshape") or len(shape) < 2:
+        return to_pojax(ckpt.read(name), shape, layout)[index]
+    n_in = layout[1]
+    region = _region(index, shape)
+    in_idx = np.ravel_multi_index(np.meshgrid(*region[:n_in], indexing="ij"), shape[:n_in]).ravel()
+    out_idx = np.ravel_multi_index(np.meshgrid(*region[n_in:], indexing="ij"), shape[n_in:]).ravel()
+    lo_in, hi_in, lo_out, hi_out = in_idx.min(), in_idx.max() + 1, out_idx.min(), out_idx.max() + 1
+    w = ckpt.read(name, slice(lo_out, hi_out), slice(lo_in, hi_in))  # [out, in] bounding block
+    block = w[np.ix_(out_idx - lo_out, in_idx - lo_in)].T
+    return block.reshape([len(r) for r in region])
+
+
+def load_into(model: CausalLM, path: str, *, mesh=None, rules=None) -> CausalLM:
+    """Fills an (abstract or concrete) model's parameters from the checkpoint at ``path``."""
+    ckpt = _Checkpoint(path)
+    names = name_map(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    flat = dict((tuple(p), v) for p, v in nnx.to_flat_state(params))
+    _check(ckpt, names, flat)
+    rules = rules or sharding.DEFAULT_RULES
+    new = {}
+    for path_, var in flat.items():
+        hf_names, layout = names[path_]
+        shape, dtype = tuple(var.shape), var.dtype
+        stacked = len(hf_names) > 1
+        logical = var.get_metadata("logical_axes")
+        if mesh is not None:
+            target = sharding.logical_to_sharding(logical, mesh, rules, shape=shape)
+        else:
+            target = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+        def read(index, hf_names=hf_names, layout=layout, shape=shape, stacked=stacked, dtype=dtype):
+            index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+            if not stacked:
+                return _read_block(ckpt, hf_names[0], shape, layout, index).astype(dtype)
+            layers = range(*index[0].indices(shape[0]))
+            return np.stack([_read_block(ckpt, hf_names[i], shape[1:], layout, index[1:]) for i in layers]).astype(dtype)
+
+        new[path_] = var.replace(jax.make_array_from_callback(shape, target, read))
+    params = nnx.from_flat_state([(p, v) for p, v in new.items()])
+    rest = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, jax.ShapeDtypeStruct) else x, rest)
+    return nnx.merge(graphdef, params, rest)
+
+
+def from_pretrained(path: str, *, dtype=jnp.float32, mesh=None, rules=None, **config_overrides) -> CausalLM:
+    """Loads a transformers checkpoint directory (config.json + safetensors) as a CausalLM.
+
+    ``dtype`` sets parameter and compute dtype; ``mesh`` shards parameters by their logical
+    axes (pojax.sharding rules); ``config_overrides`` set pojax-only ModelConfig fields
+    (scan_layers, remat, ...).
+    """
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise CheckpointError(f"{path}: no config.json")
+    name = jnp.dtype(dtype).name
+    config = ModelConfig.from_json(path, dtype=name, param_dtype=name, **config_overrides)
+    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
+    _fill_static(abstract, config)
+    return load_into(abstract, path, mesh=mesh, rules=rules)
+
+
+def _fill_static(model: CausalLM, config: ModelConfig) -> None:
+    """Concrete values for the non-parameter variables that eval_shape left abstract."""
+    from pojax.models.layers import rope_inv_freq
+
+    model.inv_freq.set_value(rope_inv_freq(config.head_dim, config.rope_theta, config.rope))
+    model.sliding.set_value(jnp.array([t == "sliding_attention" for t in config.layer_types]))
+
+
+def save_pretrained(model: CausalLM, path: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Writes config.json and safetensors (sharded with an index above ``max_shard_bytes``)."""
+    os.makedirs(path, exist_ok=True)
+    names = name_map(model)
+    tensors = {}
+    for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        hf_names, layout = names[tuple(p)]
+        value = np.asarray(jax.device_get(var[...]))
+        if len(hf_names) > 1:
+            for i, name in enumerate(hf_names):
+                tensors[name] = to_hf(value[i], layout)
+        else:
+            tensors[hf_names[0]] = to_hf(value, layout)
+    shards, current, size = [], {}, 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].nbytes
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensors[name]
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(path, fname), metadata={"format": "pt"})
+            weight_map.update({name: fname for name in shard})
+        total = sum(t.nbytes for t in tensors.values())
+        with open(os.path.join(path, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(model.config.to_hf_dict(), f, indent=2)

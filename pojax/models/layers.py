@@ -1,0 +1,172 @@
+"""Building blocks shared by pojax's transformers: parameters with logical axes, RMSNorm,
+dense projections, RoPE, SwiGLU and the attention core.
+
+Every parameter is an ``nnx.Param`` whose ``logical_axes`` metadata names each dimension
+("embed", "heads", "kv_heads", "head_dim", "mlp", "vocab"); pojax.sharding maps those names to
+mesh axes. Norms, softmax and RoPE angles are float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pojax import sharding
+
+_NEG_INF = -1e30  # masked logits; finite so a fully masked (padding) row gives no NaN
+
+
+def dtype_of(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+def param(rngs: nnx.Rngs | None, shape, logical_axes, dtype, init: str = "normal") -> nnx.Param:
+    """A parameter with logical axis names; ``init`` is "normal" (σ = 0.02), "zeros" or "ones"."""
+    if init == "normal":
+        value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+    elif init == "zeros":
+        value = jnp.zeros(shape, jnp.float32)
+    else:
+        value = jnp.ones(shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=tuple(logical_axes))
+
+
+class RMSNorm(nnx.Module):
+    """y = w · x / sqrt(mean(x²) + ε), computed in float32 and cast back (as transformers)."""
+
+    def __init__(self, dim: int, eps: float, logical_axis: str, param_dtype, *, rngs: nnx.Rngs):
+        self.weight = param(rngs, (dim,), (logical_axis,), param_dtype, init="ones")
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * x32.astype(x.dtype)
+
+
+class Dense(nnx.Module):
+    """y = einsum(x, W) + b for a kernel W whose leading dims contract with x's trailing ones.
+
+    ``in_axes``/``out_axes`` are the logical names of the kernel's input and output dims, so
+    a q projection is [D, H, Dh] ("embed", "heads", "head_dim") and o is [H, Dh, D].
+    """
+
+    def __init__(self, in_shape, out_shape, in_axes, out_axes, *, bias: bool, param_dtype, dtype, rngs: nnx.Rngs):
+        in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+        self.kernel = param(rngs, in_shape + out_shape, tuple(in_axes) + tuple(out_axes), param_dtype)
+        self.bias = param(rngs, out_shape, out_axes, param_dtype, init="zeros") if bias else None
+        self.n_in = len(in_shape)
+        self.dtype = dtype
+        self.lora_a = nnx.data(None)  # set by pojax.models.lora.apply_lora
+        self.lora_b = nnx.data(None)
+        self.lora_scale = 0.0
+
+    def __call__(self, x):
+        x = x.astype(self.dtype)
+        y = _contract(x, self.kernel[...].astype(self.dtype), self.n_in)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:  # y += (α/r) · (x A) B
+            h = _contract(x, self.lora_a[...].astype(self.dtype), self.n_in)
+            y = y + self.lora_scale * _contract(h, self.lora_b[...].astype(self.dtype), 1)
+        return y
+
+
+def _contract(x, w, n: int):
+    """Contracts the last n dims of x with the first n dims of w."""
+    return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())))
+
+
+class SwiGLU(nnx.Module):
+    """down(silu(gate(x)) · up(x)), the MLP of Llama / Mistral / Qwen."""
+
+    def __init__(self, dim: int, hidden: int, *, bias: bool, param_dtype, dtype, rngs: nnx.Rngs):
+        kw = dict(bias=bias, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.gate_proj = Dense((dim,), (hidden,), ("embed",), ("mlp",), **kw)
+        self.up_proj = Dense((dim,), (hidden,), ("embed",), ("mlp",), **kw)
+        self.down_proj = Dense((hidden,), (dim,), ("mlp",), ("embed",), **kw)
+
+    def __call__(self, x):
+        with jax.named_scope("mlp"):
+            h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+            h = sharding.constrain(h, ("batch", "length", "mlp"))
+            return self.down_proj(h)
+
+
+def rope_inv_freq(head_dim: int, theta: float, rope: dict) -> np.ndarray:
+    """RoPE inverse frequencies [Dh/2] float32, with transformers' "linear" and "llama3" scaling.
+
+    llama3 (Llama 3.1): wavelengths longer than L/low_freq_factor are divided by ``factor``,
+    shorter than L/high_freq_factor kept, and the band between interpolated smoothly, with
+    L = original_max_position_embeddings.
+    """
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    kind = rope.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / rope["factor"]
+    elif kind == "llama3":
+        factor, lo, hi = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old = rope["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x, positions, inv_freq):
+    """Rotate-half RoPE. x: [B, T, N, Dh]; positions: [B, T] int; inv_freq: [Dh/2]."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention_mask(q_pos, kv_pos, q_seg=None, kv_seg=None, window: int | None = None, causal: bool = True):
+    """Which keys each query may see. [B, T, S] bool.
+
+    q_pos [B, T], kv_pos [B, S]: positions (kv_pos < 0 marks empty cache slots); causal keeps
+    kv_pos ≤ q_pos; ``window`` keeps q_pos - kv_pos < window (transformers' sliding window);
+    segment ids [B, T] / [B, S] keep keys of the same packed document (0 = padding).
+    """
+    mask = kv_pos[:, None, :] >= 0
+    if causal:
+        mask &= kv_pos[:, None, :] <= q_pos[:, :, None]
+    if window is not None:
+        mask &= (q_pos[:, :, None] - kv_pos[:, None, :]) < window
+    if q_seg is not None:
+        mask &= (q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg[:, None, :] != 0)
+    return mask
+
+
+def attention(q, k, v, mask, scale: float, impl: str = "xla"):
+    """Dispatches to pojax's explicit-mask XLA attention ("xla") or to
+    ``jax.nn.dot_product_attention`` ("jax"; JAX picks its backend, cuDNN on GPU where the
+    mask allows). Same shapes as ``dot_product_attention``."""
+    if impl == "jax":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
+    return dot_product_attention(q, k, v, mask, scale)
+
+
+def dot_product_attention(q, k, v, mask, scale: float):
+    """Grouped-query attention with an explicit mask, softmax in float32 (the XLA path).
+
+    q: [B, T, H, Dh]; k, v: [B, S, K, Dh] with H a multiple of K; mask: [B, T, S] bool.
+    Returns [B, T, H, Dh] in q's dtype.
+    """
+    b, t, h, dh = q.shape
+    kh = k.shape[2]
+    q = q.reshape(b, t, kh, h // kh, dh)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h, dh).astype(q.dtype)

@@ -1,0 +1,216 @@
+"""The causal decoder of Llama 2/3/3.1, Mistral, Qwen2/2.5 and Qwen3 in Flax NNX.
+
+Read top to bottom: attention → block → model (embedding, layers as a list or an nnx.scan
+stack, final norm, LM head), the full-logits forward, hidden states for the chunked log-prob
+path, and KV-cache decoding. Every switch between families is a ModelConfig field.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pojax import sharding
+from pojax.models.config import ModelConfig
+from pojax.models.layers import (
+    Dense, RMSNorm, SwiGLU, apply_rope, attention, attention_mask, dtype_of, param, rope_inv_freq,
+)
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Attention(nnx.Module):
+    """GQA self-attention with RoPE, optional q/k/v bias (qwen2) and q/k RMSNorm (qwen3)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        d, h, k, dh = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        kw = dict(param_dtype=dtype_of(c.param_dtype), dtype=dtype_of(c.dtype), rngs=rngs)
+        self.q_proj = Dense((d,), (h, dh), ("embed",), ("heads", "head_dim"), bias=c.attention_bias, **kw)
+        self.k_proj = Dense((d,), (k, dh), ("embed",), ("kv_heads", "head_dim"), bias=c.attention_bias, **kw)
+        self.v_proj = Dense((d,), (k, dh), ("embed",), ("kv_heads", "head_dim"), bias=c.attention_bias, **kw)
+        self.o_proj = Dense((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=c.o_proj_bias, **kw)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs)
+            self.k_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs)
+        else:
+            self.q_norm = self.k_norm = None
+        self.scale = dh ** -0.5
+        self.impl = c.attention_impl
+
+    def project(self, x, positions, inv_freq):
+        """q [B, T, H, Dh], k and v [B, T, K, Dh], RoPE applied."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = sharding.constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
+        k = sharding.constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+        return q, k, sharding.constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+
+    def __call__(self, x, positions, mask, inv_freq):
+        with jax.named_scope("attention"):
+            q, k, v = self.project(x, positions, inv_freq)
+            return self.o_proj(attention(q, k, v, mask, self.scale, self.impl))
+
+    def decode(self, x, positions, cache_k, cache_v, index, mask, inv_freq):
+        """Attention of new tokens over a KV cache; writes their k/v at slots [index, index+T)."""
+        with jax.named_scope("attention"):
+            q, k, v = self.project(x, positions, inv_freq)
+            cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
+            cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+            out = attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask, self.scale, self.impl)
+            return self.o_proj(out), cache_k, cache_v
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        pd = dtype_of(c.param_dtype)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
+        self.self_attn = Attention(c, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
+        self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias, param_dtype=pd,
+                          dtype=dtype_of(c.dtype), rngs=rngs)
+
+    def __call__(self, x, positions, mask, inv_freq):
+        x = x + self.self_attn(self.input_layernorm(x), positions, mask, inv_freq)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return sharding.constrain(x, ("batch", "length", "embed"))
+
+    def decode(self, x, positions, cache_k, cache_v, index, mask, inv_freq):
+        a, cache_k, cache_v = self.self_attn.decode(self.input_layernorm(x), positions, cache_k, cache_v, index, mask, inv_freq)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), cache_k, cache_v
+
+
+def _run_block(block: Block, x, positions, masks, sliding, inv_freq):
+    mask = jnp.where(sliding, masks[1], masks[0])
+    return block(x, positions, mask, inv_freq)
+
+
+class CausalLM(nnx.Module):
+    """Decoder-only LM. ``model(input_ids) -> logits [B, T, V]``; ``hidden_states`` for the
+    chunked log-prob path (pojax.likelihood.autoregressive), ``decode`` with a KV cache."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        pd = dtype_of(c.param_dtype)
+        self.embed_tokens = param(rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"), pd)
+        if c.scan_layers:
+            self.layers = _stacked_blocks(c, rngs)
+        else:
+            self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
+        self.lm_head = None if c.tie_word_embeddings else param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
+        self.inv_freq = nnx.Variable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope))  # static, not trained
+        self.sliding = nnx.Variable(jnp.array([t == "sliding_attention" for t in c.layer_types]))
+
+    def lm_head_weight(self):
+        """The LM head as [D, V] (the transposed embedding when tied)."""
+        return self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+
+    def embed(self, input_ids):
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype_of(self.config.dtype))
+        return sharding.constrain(x, ("batch", "length", "embed"))
+
+    def hidden_states(self, input_ids, *, positions=None, segment_ids=None):
+        """Final-norm hidden states [B, T, D] of input_ids [B, T] int32.
+
+        positions [B, T] default to 0..T-1; segment_ids [B, T] (1.. per packed document,
+        0 = padding) keep attention inside each document.
+        """
+        c = self.config
+        b, t = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        full = attention_mask(positions, positions, segment_ids, segment_ids)
+        windowed = full if c.sliding_window is None else attention_mask(positions, positions, segment_ids, segment_ids, c.sliding_window)
+        masks = (full, windowed)
+        x = self.embed(input_ids)
+        inv_freq = self.inv_freq[...]
+        run = _run_block
+        if c.remat != "none":
+            run = nnx.remat(_run_block, policy=_REMAT_POLICIES[c.remat])
+        if c.scan_layers:
+            @nnx.scan(in_axes=(0, nnx.Carry, None, None, 0, None), out_axes=nnx.Carry)
+            def scan_fn(block, x, positions, masks, sliding, inv_freq):
+                return run(block, x, positions, masks, sliding, inv_freq)
+
+            x = scan_fn(self.layers, x, positions, masks, self.sliding[...], inv_freq)
+        else:
+            for i, block in enumerate(self.layers):
+                x = run(block, x, positions, masks, self.sliding[...][i], inv_freq)
+        return self.norm(x)
+
+    def __call__(self, input_ids, *, positions=None, segment_ids=None):
+        """Logits [B, T, V] float32 (the full-logits path; training uses hidden_states)."""
+        h = self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
+        return self.logits(h)
+
+    def logits(self, h):
+        w = self.lm_head_weight().astype(h.dtype)
+        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+
+    # ------------------------------------------------------------------ KV cache decoding
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict:
+        """An empty KV cache: k, v [L, B, S, K, Dh]; pos [B, S] (-1 = empty); index (next slot)."""
+        c = self.config
+        dtype = dtype or dtype_of(c.dtype)
+        shape = (c.num_hidden_layers, batch_size, max_length, c.num_key_value_heads, c.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                "pos": jnp.full((batch_size, max_length), -1, jnp.int32), "index": jnp.zeros((), jnp.int32)}
+
+    def decode(self, input_ids, positions, cache: dict):
+        """Runs T new tokens [B, T] at ``positions`` [B, T] (-1 for padding tokens, which are
+        never attended to) against the cache; returns (logits [B, T, V] float32, new cache).
+        The same weights and math as ``__call__``: prefill a prompt, then feed one token at a time.
+        """
+        c = self.config
+        index = cache["index"]
+        kv_pos = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions.astype(jnp.int32), index, axis=1)
+        q_pos = jnp.maximum(positions, 0)
+        full = attention_mask(q_pos, kv_pos)
+        windowed = full if c.sliding_window is None else attention_mask(q_pos, kv_pos, window=c.sliding_window)
+        x = self.embed(input_ids)
+        inv_freq = self.inv_freq[...]
+        ks, vs = [], []
+        blocks = _unstack(self.layers) if c.scan_layers else self.layers
+        for i, block in enumerate(blocks):
+            mask = jnp.where(self.sliding[...][i], windowed, full)
+            x, k, v = block.decode(x, q_pos, cache["k"][i], cache["v"][i], index, mask, inv_freq)
+            ks.append(k)
+            vs.append(v)
+        logits = self.logits(self.norm(x))
+        new_cache = {"k": jnp.stack(ks), "v": jnp.stack(vs), "pos": kv_pos, "index": index + input_ids.shape[1]}
+        return logits, new_cache
+
+
+def _stacked_blocks(config: ModelConfig, rngs: nnx.Rngs):
+    """L blocks whose parameters are stacked on a leading "layers" axis (for nnx.scan)."""
+
+    @nnx.split_rngs(splits=config.num_hidden_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+    def create(rngs):
+        return Block(config, rngs=rngs)
+
+    blocks = create(rngs)
+    for _, var in nnx.iter_graph(blocks):
+        if isinstance(var, nnx.Param):
+            var.set_metadata("logical_axes", ("layers",) + tuple(var.get_metadata("logical_axes")))
+    return blocks
+
+
+def _unstack(stacked: Block) -> list[Block]:
+    """Per-layer views of a stacked block (for the cache path, which loops over layers)."""
+    graphdef, state = nnx.split(stacked)
+    n = jax.tree.leaves(state)[0].shape[0]
+    return [nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state)) for i in range(n)]

@@ -1,0 +1,53 @@
+"""Tiny random transformers checkpoints in the upstream layout, made by the tests themselves."""
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+VOCAB = 97
+
+VARIANTS = {
+    "llama-gqa": ("llama", dict(num_attention_heads=4, num_key_value_heads=2)),
+    "llama-mha-tied": ("llama", dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)),
+    "llama31-rope": ("llama", dict(num_attention_heads=4, num_key_value_heads=1, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama-linear-rope-bias": ("llama", dict(attention_bias=True, mlp_bias=True, rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+    "mistral-window": ("mistral", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=3)),
+    "qwen2-tied": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    "qwen2-window": ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                                   layer_types=["full_attention", "sliding_attention"])),
+    "qwen3-qknorm": ("qwen3", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16)),
+}
+
+
+def make_checkpoint(variant: str, path, seed: int = 0, num_layers: int = 2):
+    """Saves a random-init transformers model of ``variant`` to ``path``; returns the model.
+
+    Norm weights and biases are randomized too (their init is ones / zeros, which would hide
+    a missing or misplaced parameter).
+    """
+    model_type, kw = VARIANTS[variant]
+    kw = dict(kw)
+    kw.setdefault("num_attention_heads", 4)
+    kw.setdefault("num_key_value_heads", 2)
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
+                                  num_hidden_layers=num_layers, max_position_embeddings=64, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+def torch_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+    with torch.no_grad():
+        kw = {} if attention_mask is None else {"attention_mask": torch.as_tensor(attention_mask)}
+        return model(torch.as_tensor(input_ids), **kw).logits.float().numpy()

@@ -1,0 +1,64 @@
+"""Broken checkpoints give one clear error naming the tensor / file; nothing half-loads."""
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from pojax.models import CheckpointError, ModelConfig, from_pretrained, save_pretrained
+from tests.models.hf_fixtures import make_checkpoint
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    make_checkpoint("llama-gqa", tmp_path)
+    return tmp_path
+
+
+def test_shape_disagreeing_with_config(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["intermediate_size"] = 64
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"tensor 'model.layers.0.mlp.gate_proj.weight' in model.safetensors has shape \(48, 32\) but config.json implies \(64, 32\)"):
+        from_pretrained(str(ckpt))
+
+
+def test_missing_tensor(ckpt):
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    del tensors["model.layers.1.self_attn.k_proj.weight"]
+    save_file(tensors, str(ckpt / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="tensor 'model.layers.1.self_attn.k_proj.weight' is missing"):
+        from_pretrained(str(ckpt))
+
+
+def test_missing_shard_file(tmp_path):
+    model = from_pretrained(str(make_checkpoint("llama-gqa", tmp_path / "src") and tmp_path / "src"))
+    save_pretrained(model, str(tmp_path / "sharded"), max_shard_bytes=20_000)
+    files = sorted(f for f in os.listdir(tmp_path / "sharded") if f.endswith(".safetensors"))
+    assert len(files) > 1 and (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    from_pretrained(str(tmp_path / "sharded"))  # the sharded set loads
+    os.remove(tmp_path / "sharded" / files[-1])
+    with pytest.raises(CheckpointError, match=f"shard file '{files[-1]}' is missing"):
+        from_pretrained(str(tmp_path / "sharded"))
+
+
+def test_unsupported_model_type(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'; pojax supports llama, mistral, qwen2, qwen3"):
+        from_pretrained(str(ckpt))
+
+
+def test_no_weights_and_no_config(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(ModelConfig().to_hf_dict()))
+    with pytest.raises(CheckpointError, match="no model.safetensors or model.safetensors.index.json"):
+        from_pretrained(str(tmp_path))
+
+
+def test_unsupported_rope_type():
+    with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
+        ModelConfig(rope_scaling=(("factor", 2.0), ("rope_type", "yarn")))
