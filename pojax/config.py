@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # devices on the data axis; -1 = the rest
     c.mesh.fsdp = 1  # devices on the fsdp axis
     c.mesh.tensor = 1  # devices on the tensor axis
+    # logical axis -> mesh axes overriding pojax.sharding.DEFAULT_RULES, as a comma-separated
+    # string ("fsdp", "data,fsdp", "" = replicated), e.g. --config.mesh.rules.embed=""
+    c.mesh.rules = ml_collections.ConfigDict()
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50  # steps between checkpoints

@@ -120,10 +120,27 @@ def merge_rules(overrides: Mapping[str, Rule] | None = None, base: Mapping[str, 
 
 
 def rules_from_config(config) -> dict:
-    """DEFAULT_RULES merged with the optional ``config.mesh.rules`` dict of overrides."""
-    overrides = config.mesh.get("rules", None)
-    if overrides is not None and hasattr(overrides, "to_dict"):
-        overrides = overrides.to_dict()
+    """DEFAULT_RULES with the run config's ``mesh.rules`` overrides.
+
+    Each override is a comma-separated string of mesh axes, as the command line sets it
+    (``--config.mesh.rules.embed=""`` replicates, ``...mlp=fsdp,tensor`` splits over both); a
+    tuple of axes or None is taken as it is.
+
+    Raises:
+      ValueError: naming the ``mesh.rules.<name>`` key, for a name that is not a logical axis of
+        DEFAULT_RULES (config overrides catch typos; code adds new names with ``merge_rules``)
+        or a value that is not a mesh axis.
+    """
+    rules = config.mesh.get("rules", None)
+    overrides = {}
+    for name, value in ({} if rules is None else dict(rules)).items():
+        if name not in DEFAULT_RULES:
+            raise ValueError(f"config key mesh.rules.{name}: unknown logical axis; known: {', '.join(DEFAULT_RULES)}")
+        axes = tuple(a.strip() for a in value.split(",") if a.strip()) if isinstance(value, str) else _rule_axes(value)
+        bad = [a for a in axes if a not in AXES]
+        if bad:
+            raise ValueError(f"config key mesh.rules.{name}: {bad[0]!r} is not a mesh axis ({', '.join(AXES)})")
+        overrides[name] = None if not axes else axes[0] if len(axes) == 1 else axes
     return merge_rules(overrides)
 
 
@@ -203,7 +220,7 @@ def param_shardings(state, mesh: Mesh, rules: Mapping[str, Rule] = DEFAULT_RULES
         try:
             return logical_to_sharding(axes, mesh, rules, shape=leaf.shape)
         except ValueError as e:
-            raise ValueError(f"{jax.tree_util.keystr(path)}: {e}") from None
+            raise ValueError(f"{jax.tree_util.keystr(path, simple=True, separator='.')}: {e}") from None
 
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_variable)
 
@@ -244,8 +261,8 @@ def active_mesh() -> Mesh | None:
 def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: Mapping[str, Rule] | None = None) -> jax.Array:
     """``jax.lax.with_sharding_constraint`` of an activation by logical dim names.
 
-    Returns ``x`` itself when no ``use_mesh`` block is active. Dims that do not divide by
-    their mesh axes are left replicated (see ``logical_to_pspec``).
+    Returns ``x`` itself when no ``use_mesh`` block is active. A dim keeps only the mesh axes
+    that divide it, replicated if none do (see ``logical_to_pspec``).
 
     Args:
       x: an array of any shape, one logical name (or None) per dim in ``logical_axes``.
