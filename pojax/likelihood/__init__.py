@@ -1,2 +1,5 @@
-"""Sequence log-likelihoods: exact autoregressive log-probs (chunked over the sequence so the
-[B, T, V] logits never exist at once) and, for masked-diffusion LMs, ELBO estimates."""
+"""pojax.likelihood: per-token and per-sequence log-likelihoods of LMs as pure array functions.
+
+``autoregressive``: exact log-probs of a causal LM from hidden states and the LM head, chunked
+over the sequence under ``jax.checkpoint`` so the [B, T, V] logits never exist at once.
+"""
