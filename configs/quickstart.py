@@ -11,6 +11,9 @@ def get_config():
     config.task = "train"
     config.loss.name = "sigmoid"
     config.loss.beta = 0.1
-    config.train.max_steps = 50
-    config.train.batch_size = 8
+    config.train.sft_steps = 300
+    config.train.max_steps = 200
+    config.train.batch_size = 32
+    config.optimizer.learning_rate = 5e-4
+    config.checkpoint.every_steps = 100
     return config

@@ -59,6 +59,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_prompt_length = 32  # tokens, prompts are truncated from the left
     c.data.max_completion_length = 32  # tokens, completions are truncated from the right
     c.data.packing = False  # pack pairs into fixed rows with segment ids
+    c.data.gym = ml_collections.ConfigDict()  # the built-in gold-reward gym (data.format = "gym")
+    c.data.gym.num_symbols = 16  # symbols of the gym's alphabet
+    c.data.gym.prompt_len = 6  # prompt symbols
+    c.data.gym.response_len = 6  # response symbols
+    c.data.gym.base_skill = 0.35  # probability that the base policy writes the rule's symbol
+    c.data.gym.label_noise = 0.0  # fraction of flipped preference labels
+    c.data.gym.num_train = 4096  # training examples (pairs, or unpaired completions)
+    c.data.gym.num_eval = 256  # held-out prompts for the gold-reward evaluation
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "sigmoid"  # any pojax.losses.names(); "a+b" for a weighted sum
@@ -87,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 16  # global, in examples (pairs for paired data)
     c.train.grad_accum_steps = 1  # micro-batches per optimizer step
     c.train.seed = 0  # PRNG seed of init, data order and dropout
+    c.train.sft_steps = 0  # SFT steps on the data's SFT split before preference training
+    c.train.sft_learning_rate = 1e-3  # peak learning rate of that SFT stage
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis; -1 = the rest
@@ -103,10 +113,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 50  # steps between evaluations
     c.eval.num_examples = 64  # held-out examples per evaluation
+    c.eval.num_samples = 4  # sampled responses per prompt for gold-reward win rates
+    c.eval.temperature = 1.0  # sampling temperature of those responses
 
     c.logging = ml_collections.ConfigDict()
     c.logging.every_steps = 1  # steps between metrics.jsonl lines
     c.logging.plots = True  # write plots/*.png at the end of the run
+    c.logging.progress = True  # tqdm progress bar
     return c
 
 
@@ -161,6 +174,7 @@ def validate(config) -> None:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
     unpaired = config.data.format in ("unpaired", "kto_mix")
-    if unpaired != (config.loss.name in UNPAIRED_LOSSES) and config.task == "train":
+    gym = config.data.format == "gym"  # the gym serves paired and unpaired sets alike
+    if not gym and unpaired != (config.loss.name in UNPAIRED_LOSSES) and config.task == "train":
         kind = "unpaired" if unpaired else "paired"
         raise ConfigError("loss.name", f"{config.loss.name!r} does not take {kind} data (data.format={config.data.format!r})")

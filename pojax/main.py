@@ -19,12 +19,22 @@ from pojax.config import ConfigError, validate
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/quickstart.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, plots/.")
 
+def _train(config, workdir):
+    from pojax.train.run import run_train  # heavy imports only when a task runs
+
+    results = run_train(config, workdir)
+    width = max(map(len, results))
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+
+
 # task name -> callable(config, workdir); filled in as the tasks land.
-TASK_RUNNERS: dict = {}
+TASK_RUNNERS: dict = {"train": _train}
 
 
 def main(argv) -> int:
     del argv
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console readable
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     if config is None:
         print("pojax: --config is required (e.g. --config=configs/quickstart.py)", file=sys.stderr)
@@ -45,7 +55,11 @@ def main(argv) -> int:
         logging.warning("config is valid; task %r is not implemented yet, so nothing was run", config.task)
         print(f"pojax: config valid; task {config.task!r} is not implemented yet (see the issue tracker)")
         return 0
-    runner(config, workdir)
+    try:
+        runner(config, workdir)
+    except ConfigError as e:
+        print(f"pojax: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -79,6 +79,8 @@ def test_reference_free_mode_needs_a_reference_free_loss():
 def test_paired_and_unpaired_must_match():
     config = base_config()
     config.loss.name = "kto"
+    validate(config)  # the gym serves both
+    config.data.format = "paired"
     with pytest.raises(ConfigError, match="'kto' does not take paired data"):
         validate(config)
     config.data.format = "kto_mix"

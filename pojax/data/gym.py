@@ -95,16 +95,16 @@ class Gym:
                 "chosen_reward": self.gold_reward(p, chosen), "rejected_reward": self.gold_reward(p, rejected)}
 
     def unpaired_set(self, seed: int, n: int, noise: float = 0.0) -> dict:
-        """Single base responses, desirable when the gold reward beats the base policy's mean
-        (flipped with probability ``noise``)."""
-        rng = np.random.default_rng(seed)
-        p = self.prompts(rng, n)
-        y = self.base_responses(rng, p)
-        r = self.gold_reward(p, y)
-        mean = self.base_skill + (1 - self.base_skill) / self.num_symbols
-        label = (r > mean) ^ (rng.random(n) < noise)
-        ids, mask = self.sequence(p, y)
-        return {"input_ids": ids, "completion_mask": mask, "label": label, "prompts": p, "reward": r}
+        """The paired set unpaired as TRL's ``unpair_preference_dataset`` does (and as kto-mix
+        is built): each chosen response a desirable row, each rejected one undesirable; 2n rows,
+        half of each label."""
+        d = self.paired_set(seed, n, noise)
+        ids = np.concatenate([d["chosen_ids"], d["rejected_ids"]])
+        label = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
+        reward = np.concatenate([d["chosen_reward"], d["rejected_reward"]])
+        mask = np.concatenate([d["completion_mask"], d["completion_mask"]])
+        return {"input_ids": ids, "completion_mask": mask, "label": label,
+                "prompts": np.concatenate([d["prompts"], d["prompts"]]), "reward": reward}
 
     def ranked_set(self, seed: int, n: int, k: int = 4) -> dict:
         """K base responses per prompt with their gold rewards as scores."""
@@ -114,3 +114,45 @@ class Gym:
         scores = np.stack([self.gold_reward(p, ys[:, j]) for j in range(k)], axis=1)
         ids = np.stack([self.sequence(p, ys[:, j])[0] for j in range(k)], axis=1)
         return {"input_ids": ids, "completion_mask": self.sequence(p, ys[:, 0])[1], "scores": scores, "prompts": p}
+
+
+def from_config(config) -> Gym:
+    g = config.data.gym
+    return Gym(num_symbols=g.num_symbols, prompt_len=g.prompt_len, response_len=g.response_len, base_skill=g.base_skill)
+
+
+def kl_ids(input_ids: np.ndarray, gym: Gym) -> np.ndarray:
+    """Each prompt with the previous row's response (KTO's mismatched completion, as TRL)."""
+    cut = 2 + gym.prompt_len
+    return np.concatenate([input_ids[:, :cut], np.roll(input_ids[:, cut:], 1, axis=0)], axis=1)
+
+
+def training_rows(gym: Gym, kind: str, seed: int, n: int, noise: float = 0.0) -> dict:
+    """The gym's training set as batch-ready arrays: kind is "sft", "paired" or "unpaired"."""
+    if kind == "sft":
+        d = gym.sft_set(seed, n)
+        return {"input_ids": d["input_ids"], "completion_mask": d["completion_mask"]}
+    if kind == "paired":
+        d = gym.paired_set(seed, n, noise)
+        return {"chosen_ids": d["chosen_ids"], "rejected_ids": d["rejected_ids"],
+                "chosen_mask": d["completion_mask"], "rejected_mask": d["completion_mask"]}
+    d = gym.unpaired_set(seed, n, noise)
+    return {"input_ids": d["input_ids"], "completion_mask": d["completion_mask"], "label": d["label"]}
+
+
+def batch_at(rows: dict, step: int, batch_size: int, seed: int, gym: Gym | None = None) -> dict:
+    """The batch of optimizer step ``step``: epoch e = step·B // N reads a seed-and-epoch
+    permutation of the rows. A pure function of the step, so a resumed run sees exactly the
+    batches it would have seen."""
+    n = len(next(iter(rows.values())))
+    start = step * batch_size
+    idx = []
+    while len(idx) < batch_size:
+        epoch, offset = divmod(start + len(idx), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        idx.extend(perm[offset: offset + batch_size - len(idx)])
+    batch = {k: v[np.asarray(idx)] for k, v in rows.items()}
+    if "label" in batch and gym is not None:
+        batch["kl_ids"] = kl_ids(batch["input_ids"], gym)
+        batch["kl_mask"] = batch["completion_mask"]
+    return batch

@@ -37,6 +37,7 @@ def test_paired_labels_follow_the_gold_reward_up_to_noise():
 def test_unpaired_and_ranked_sets():
     gym = Gym()
     u = gym.unpaired_set(1, 3000)
+    assert u["input_ids"].shape[0] == 6000 and u["label"].mean() == 0.5
     assert u["reward"][u["label"]].mean() > u["reward"][~u["label"]].mean()
     r = gym.ranked_set(2, 10, k=3)
     assert r["input_ids"].shape == (10, 3, gym.seq_len) and r["scores"].shape == (10, 3)
