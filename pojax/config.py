@@ -59,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_prompt_length = 32  # tokens, prompts are truncated from the left
     c.data.max_completion_length = 32  # tokens, completions are truncated from the right
     c.data.packing = False  # pack pairs into fixed rows with segment ids
+    c.data.chat_template = "auto"  # auto | yes | no: format prompts with the tokenizer's chat template
+    c.data.tokenizer = ""  # tokenizer dir; "" = model.path
+    c.data.skip_bad_rows = False  # skip (and count) invalid rows instead of stopping at the first
     c.data.gym = ml_collections.ConfigDict()  # the built-in gold-reward gym (data.format = "gym")
     c.data.gym.num_symbols = 16  # symbols of the gym's alphabet
     c.data.gym.prompt_len = 6  # prompt symbols

@@ -121,12 +121,6 @@ def from_config(config) -> Gym:
     return Gym(num_symbols=g.num_symbols, prompt_len=g.prompt_len, response_len=g.response_len, base_skill=g.base_skill)
 
 
-def kl_ids(input_ids: np.ndarray, gym: Gym) -> np.ndarray:
-    """Each prompt with the previous row's response (KTO's mismatched completion, as TRL)."""
-    cut = 2 + gym.prompt_len
-    return np.concatenate([input_ids[:, :cut], np.roll(input_ids[:, cut:], 1, axis=0)], axis=1)
-
-
 def training_rows(gym: Gym, kind: str, seed: int, n: int, noise: float = 0.0) -> dict:
     """The gym's training set as batch-ready arrays: kind is "sft", "paired" or "unpaired"."""
     if kind == "sft":
@@ -138,21 +132,3 @@ def training_rows(gym: Gym, kind: str, seed: int, n: int, noise: float = 0.0) ->
                 "chosen_mask": d["completion_mask"], "rejected_mask": d["completion_mask"]}
     d = gym.unpaired_set(seed, n, noise)
     return {"input_ids": d["input_ids"], "completion_mask": d["completion_mask"], "label": d["label"]}
-
-
-def batch_at(rows: dict, step: int, batch_size: int, seed: int, gym: Gym | None = None) -> dict:
-    """The batch of optimizer step ``step``: epoch e = step·B // N reads a seed-and-epoch
-    permutation of the rows. A pure function of the step, so a resumed run sees exactly the
-    batches it would have seen."""
-    n = len(next(iter(rows.values())))
-    start = step * batch_size
-    idx = []
-    while len(idx) < batch_size:
-        epoch, offset = divmod(start + len(idx), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        idx.extend(perm[offset: offset + batch_size - len(idx)])
-    batch = {k: v[np.asarray(idx)] for k, v in rows.items()}
-    if "label" in batch and gym is not None:
-        batch["kl_ids"] = kl_ids(batch["input_ids"], gym)
-        batch["kl_mask"] = batch["completion_mask"]
-    return batch
