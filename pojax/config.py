@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seed = 0  # PRNG seed of init, data order and dropout
     c.train.sft_steps = 0  # SFT steps on the data's SFT split before preference training
     c.train.sft_learning_rate = 1e-3  # peak learning rate of that SFT stage
+    c.train.export_final = True  # write the trained policy to workdir/final as HF safetensors (LoRA merged)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis; -1 = the rest

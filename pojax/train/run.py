@@ -18,8 +18,8 @@ from pojax import sharding
 from pojax.config import ConfigError, loss_hparams
 from pojax.data import gym as gym_lib
 from pojax.data.pipeline import batch_at
-from pojax.models import CausalLM, ModelConfig, from_pretrained
-from pojax.models.lora import apply_lora, without_adapters
+from pojax.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
+from pojax.models.lora import apply_lora, merge_lora, without_adapters
 from pojax.objectives import pair_logps, preference_loss, sft_loss, unpaired_logps
 from pojax.sampling import generate
 from pojax.train import metrics as metrics_lib
@@ -152,6 +152,11 @@ def run_train(config, workdir: str | None) -> dict:
         steps=config.train.max_steps, tx=make_optimizer(config, config.train.max_steps), workdir=workdir,
         config=config, mesh=mesh, rules=rules, trainable=trainable, reference=reference, loss_state=loss_state)
 
+    if config.train.export_final:
+        final = merge_lora(_copy(model)) if mode == "lora_base" else model
+        save_pretrained(final, os.path.join(workdir, "final"))
+        if not gym:
+            load_tokenizer(config).save_pretrained(os.path.join(workdir, "final"))
     results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps}
     if gym:
         results.update(gold_eval(data.gym, model, before, config))

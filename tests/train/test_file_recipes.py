@@ -68,6 +68,18 @@ def test_recipe_runs_two_steps_on_hf_model_and_jsonl(hf_dir, tmp_path, name, kin
     assert results["num_eval_examples"] == 8 and "eval/loss" in results
     if kind == "paired":
         assert "eval/rewards/accuracies" in results
+    # the final policy is a Hugging Face checkpoint (weights + tokenizer) that transformers loads
+    final = tmp_path / "run" / "final"
+    hf = LlamaForCausalLM.from_pretrained(final).eval()
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(final).convert_tokens_to_ids("good") == WORDS.index("good")
+    from pojax.models import from_pretrained
+
+    ids = np.arange(12, dtype=np.int32).reshape(2, 6) % len(WORDS)
+    with torch.no_grad():
+        want = hf(torch.as_tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(from_pretrained(str(final))(ids)), want, atol=1e-5)
 
 
 def test_file_data_errors(hf_dir, tmp_path):
