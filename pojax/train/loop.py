@@ -58,8 +58,8 @@ def run_stage(name: str, model, *, objective: Callable, batch_fn: Callable[[int]
         state, meta = ckpt.restore(state)
         state = jax.device_put(state, state_sh)
         start = int(meta["step"])
-        writer.truncate_after(start)
         logging.info("%s: resumed from step %d", name, start)
+    writer.truncate_after(start)  # lines past the restored step (or of a run killed before any checkpoint)
     bar = tqdm(total=steps, initial=start, desc=name, disable=not config.logging.progress, dynamic_ncols=True)
     with sharding.use_mesh(mesh, rules):
         for step in range(start, steps):
