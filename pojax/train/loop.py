@@ -29,6 +29,10 @@ def run_stage(name: str, model, *, objective: Callable, batch_fn: Callable[[int]
               config, mesh, rules, trainable=nnx.Param, reference=None, loss_state=None, metrics_file="metrics.jsonl"):
     """Trains ``model`` in place for ``steps`` optimizer steps and returns it.
 
+    ``batch_fn(i)`` gives micro-batch i; with ``train.grad_accum_steps`` = k, optimizer step s
+    runs micro-batches s·k … s·k + k - 1 (optax.MultiSteps averages their gradients) and logs
+    the mean of their metrics.
+
     objective(model, reference, batch, loss_state) -> (loss, metrics, loss_state). The
     reference (a model or None) is passed to the jitted step as an argument, never baked in.
     Checkpoints go to workdir/checkpoints/<name>; a finished stage restores and returns.
@@ -61,15 +65,18 @@ def run_stage(name: str, model, *, objective: Callable, batch_fn: Callable[[int]
         logging.info("%s: resumed from step %d", name, start)
     writer.truncate_after(start)  # lines past the restored step (or of a run killed before any checkpoint)
     bar = tqdm(total=steps, initial=start, desc=name, disable=not config.logging.progress, dynamic_ncols=True)
+    accum = config.train.grad_accum_steps  # micro-batches per optimizer step (optax.MultiSteps)
     with sharding.use_mesh(mesh, rules):
         for step in range(start, steps):
-            batch = jax.device_put(batch_fn(step), batch_sh)
-            t0 = time.perf_counter()
-            state, metrics = jitted(state, batch, frozen, ref_state)
-            metrics = jax.device_get(metrics)
+            t0, tokens, sums = time.perf_counter(), 0, {}
+            for micro in range(step * accum, (step + 1) * accum):
+                batch = jax.device_put(batch_fn(micro), batch_sh)
+                state, m = jitted(state, batch, frozen, ref_state)
+                for k, v in jax.device_get(m).items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / accum
+                tokens += sum(int(np.sum(v)) for k, v in batch.items() if k.endswith("mask"))
             dt = time.perf_counter() - t0
-            tokens = sum(int(np.sum(v)) for k, v in batch.items() if k.endswith("mask"))
-            metrics.update(step_time_s=dt, tokens_per_s=tokens / dt)
+            metrics = dict(sums, step_time_s=dt, tokens_per_s=tokens / dt)
             if (step + 1) % config.logging.every_steps == 0 or step + 1 == steps:
                 writer.write(step + 1, metrics)
             bar.set_postfix({short: f"{float(metrics[k]):.3g}" for k, short in _BAR_KEYS if k in metrics})

@@ -113,7 +113,11 @@ def run_train(config, workdir: str | None) -> dict:
     data = gym_data(config) if gym else file_data(config, load_tokenizer(config))
     mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
     model = sharding.shard_module(build_model(config, data.vocab_size), mesh, rules)
-    seed, bs, chunk = config.train.seed, config.train.batch_size, config.likelihood.chunk_size
+    seed, chunk = config.train.seed, config.likelihood.chunk_size
+    if config.train.batch_size % config.train.grad_accum_steps:
+        raise ConfigError("train.grad_accum_steps", f"{config.train.grad_accum_steps} does not divide "
+                          f"train.batch_size={config.train.batch_size}")
+    bs = config.train.batch_size // config.train.grad_accum_steps  # micro-batch size
 
     if data.sft is not None:
         sft_config = config.copy_and_resolve_references()

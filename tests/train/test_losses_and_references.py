@@ -75,3 +75,15 @@ def test_gold_reward_improves(sft_workdir, tmp_path, overrides, first_loss):
         np.testing.assert_allclose(rows[0]["loss"], first_loss, atol=1e-5)
     assert results["gold_reward_after"] > results["gold_reward_before"] + 0.05, results
     assert results["gold_win_rate"] > 0.6, results
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    # 2 micro-batches of 16 (consecutive slices of the same permutation) average to the
+    # gradient of the batch of 32, so the optimizer steps and the logged losses agree.
+    base = {"train.sft_steps": 0, "train.max_steps": 5, "eval.num_samples": 1, "data.gym.num_eval": 4,
+            "logging.plots": False, "train.export_final": False}
+    run_train(quick_config(**base), str(tmp_path / "full"))
+    run_train(quick_config(**base, **{"train.grad_accum_steps": 2}), str(tmp_path / "accum"))
+    full, accum = read_jsonl(tmp_path / "full" / "metrics.jsonl"), read_jsonl(tmp_path / "accum" / "metrics.jsonl")
+    assert [r["step"] for r in accum] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([r["loss"] for r in accum], [r["loss"] for r in full], atol=2e-6)
