@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 4  # H
     c.model.num_kv_heads = 2  # K (GQA groups)
     c.model.intermediate_size = 128  # F, SwiGLU width
-    c.model.dtype = "float32"  # float32 | bfloat16: parameter / compute dtype
+    c.model.dtype = "float32"  # float32 | bfloat16: compute dtype (trained parameters stay float32)
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # file or dir in its upstream layout; "" for the built-in gym
@@ -177,6 +177,14 @@ def validate(config) -> None:
     if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
+    if config.task == "train":
+        if config.likelihood.kind != "autoregressive":
+            raise ConfigError("likelihood.kind", f"{config.likelihood.kind!r}: training with diffusion ELBOs is not implemented yet")
+        if config.data.packing:
+            raise ConfigError("data.packing", "packing is not implemented yet; set it to False")
+        if config.reference.mode == "precomputed" and config.loss.get("ld_alpha") is not None:
+            raise ConfigError("loss.ld_alpha", "LD-DPO with reference.mode='precomputed' is not supported yet "
+                              "(the stored reference sums are not length-desensitized); use reference.mode='copy'")
     unpaired = config.data.format in ("unpaired", "kto_mix")
     gym = config.data.format == "gym"  # the gym serves paired and unpaired sets alike
     if not gym and unpaired != (config.loss.name in UNPAIRED_LOSSES) and config.task == "train":

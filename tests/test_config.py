@@ -87,6 +87,26 @@ def test_paired_and_unpaired_must_match():
     validate(config)
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("likelihood.kind", "diffusion", "config key likelihood.kind: 'diffusion': training with diffusion ELBOs is not implemented yet"),
+    ("data.packing", True, "config key data.packing: packing is not implemented yet"),
+])
+def test_unimplemented_training_switches_are_refused(key, value, message):
+    config = base_config()
+    section, field = key.split(".")
+    config[section][field] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_precomputed_reference_with_ld_alpha_is_refused():
+    config = base_config()
+    config.reference.mode = "precomputed"
+    config.loss.ld_alpha = 0.5
+    with pytest.raises(ConfigError, match="config key loss.ld_alpha: LD-DPO with reference.mode='precomputed'"):
+        validate(config)
+
+
 def test_two_rest_axes_are_refused():
     config = base_config()
     config.mesh.fsdp = -1

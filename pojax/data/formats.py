@@ -31,8 +31,11 @@ class DataError(ValueError):
         self.path, self.row, self.field = path, row, field
 
 
-def read_rows(path: str) -> Iterator[dict]:
-    """Rows of a .jsonl / .json / .parquet file (or of every such file in a directory, sorted)."""
+def read_rows(path: str) -> Iterator[tuple[str, int, dict | DataError]]:
+    """(file, row index in that file, row) for a .jsonl / .json / .parquet file, or for every
+    such file of a directory (sorted). A JSONL line that is not valid JSON comes as a DataError
+    in place of the row, so the caller can stop or skip it. Rows of a JSONL file are its
+    non-blank lines, counted from 0."""
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".jsonl", ".json", ".parquet")))
         if not files:
@@ -43,19 +46,22 @@ def read_rows(path: str) -> Iterator[dict]:
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        rows = pq.read_table(path).to_pylist()
     elif path.endswith(".json"):
         with open(path) as f:
             data = json.load(f)
-        yield from (data if isinstance(data, list) else data.get("data", []))
+        rows = data if isinstance(data, list) else data.get("data", [])
     else:
         with open(path) as f:
-            for i, line in enumerate(f):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(path, i, "-", f"not valid JSON ({e.msg})") from None
+            lines = [line for line in f if line.strip()]
+        for i, line in enumerate(lines):
+            try:
+                yield path, i, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield path, i, DataError(path, i, "-", f"not valid JSON ({e.msg})")
+        return
+    for i, row in enumerate(rows):
+        yield path, i, row
 
 
 def _messages(value, path, i, field) -> list[dict]:
@@ -136,9 +142,11 @@ def load(path: str, fmt: str, *, skip_bad_rows: bool = False) -> list[dict]:
     if not os.path.exists(path):
         raise DataError(path, 0, "-", "no such file or directory")
     rows, skipped = [], 0
-    for i, row in enumerate(read_rows(path)):
+    for file, i, row in read_rows(path):
         try:
-            rows.append(normalize(row, fmt, path, i))
+            if isinstance(row, DataError):
+                raise row
+            rows.append(normalize(row, fmt, file, i))
         except DataError as e:
             if not skip_bad_rows:
                 raise

@@ -226,17 +226,20 @@ def load_into(model: CausalLM, path: str, *, mesh=None, rules=None) -> CausalLM:
     return nnx.merge(graphdef, params, rest)
 
 
-def from_pretrained(path: str, *, dtype=jnp.float32, mesh=None, rules=None, **config_overrides) -> CausalLM:
+def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None, mesh=None, rules=None,
+                    **config_overrides) -> CausalLM:
     """Loads a transformers checkpoint directory (config.json + safetensors) as a CausalLM.
 
-    ``dtype`` sets parameter and compute dtype; ``mesh`` shards parameters by their logical
+    ``dtype`` sets the compute dtype and, unless ``param_dtype`` is given, the parameter dtype
+    (training keeps float32 parameters with bfloat16 compute); ``mesh`` shards parameters by their logical
     axes (pojax.sharding rules); ``config_overrides`` set pojax-only ModelConfig fields
     (scan_layers, remat, ...).
     """
     if not os.path.exists(os.path.join(path, "config.json")):
         raise CheckpointError(f"{path}: no config.json")
     name = jnp.dtype(dtype).name
-    config = ModelConfig.from_json(path, dtype=name, param_dtype=name, **config_overrides)
+    pname = jnp.dtype(param_dtype).name if param_dtype is not None else name
+    config = ModelConfig.from_json(path, dtype=name, param_dtype=pname, **config_overrides)
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     _fill_static(abstract, config)
     return load_into(abstract, path, mesh=mesh, rules=rules)

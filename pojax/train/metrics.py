@@ -41,6 +41,8 @@ class MetricsWriter:
 
 
 def _plain(v):
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
     v = float(v) if hasattr(v, "__float__") else v
     return None if isinstance(v, float) and not math.isfinite(v) else v
 

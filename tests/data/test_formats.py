@@ -57,6 +57,16 @@ def test_bad_rows_name_file_row_and_field(tmp_path, fmt, row, field, message):
     assert len(load(path, fmt, skip_bad_rows=True)) == 2  # skipped and counted, not silently
 
 
+def test_rows_are_numbered_per_file_in_a_directory(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n\n")
+    (tmp_path / "b.jsonl").write_text("\n" + json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n"
+                                      + json.dumps({"prompt": "p", "chosen": "c"}) + "\n")
+    with pytest.raises(DataError, match=r"b.jsonl: row 1: field 'rejected': missing"):
+        load(str(tmp_path), "paired")
+    (tmp_path / "b.jsonl").write_text('{"prompt": \n')
+    assert len(load(str(tmp_path), "paired", skip_bad_rows=True)) == 1  # invalid JSON is skipped too
+
+
 def test_unreadable_inputs(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load(str(tmp_path / "nope.jsonl"), "paired")
