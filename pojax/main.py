@@ -7,7 +7,6 @@ issues, until then the run stops after validation and says so.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 

@@ -27,7 +27,6 @@ from safetensors.numpy import save_file
 
 from pojax import sharding
 from pojax.models.config import ModelConfig
-from pojax.models.layers import dtype_of
 from pojax.models.transformer import CausalLM
 
 INDEX_FILE = "model.safetensors.index.json"

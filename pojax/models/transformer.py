@@ -6,7 +6,6 @@ path, and KV-cache decoding. Every switch between families is a ModelConfig fiel
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -1,9 +1,8 @@
 """Every public error of the loss library, asserted with its message."""
-import jax.numpy as jnp
 import pytest
 
 import pojax.losses as L
-from tests.losses.helpers import pair, random_pair, random_unpaired
+from tests.losses.helpers import random_pair, random_unpaired
 
 
 def test_unknown_name_lists_the_known_ones():

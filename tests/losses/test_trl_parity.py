@@ -3,7 +3,6 @@
 Per-example values come from one TRL call per example (batch of 1); the losses that couple
 the batch (aot, aot_unpaired, sft, KTO's z0) are compared on the batch mean TRL returns.
 """
-import itertools
 
 import jax.numpy as jnp
 import numpy as np
