@@ -28,19 +28,21 @@ from pojax.train.loop import run_stage
 from pojax.train.optim import make_optimizer
 
 
-def build_model(config, vocab_size: int | None):
-    """The starting policy. Parameters are float32 (master weights: a 5e-7 update vanishes in
-    bfloat16) and ``model.dtype`` is the compute dtype."""
+def build_model(config, vocab_size: int | None, mesh=None, rules=None):
+    """The starting policy, placed on ``mesh``. Parameters are float32 (master weights: a 5e-7
+    update vanishes in bfloat16) and ``model.dtype`` is the compute dtype. A checkpoint is read
+    straight into its shards; a random model is created, then sharded."""
     m = config.model
     if m.path:
-        return from_pretrained(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32)
+        return from_pretrained(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32, mesh=mesh, rules=rules)
     if vocab_size is None:
         raise ConfigError("model.path", "training on files needs a Hugging Face model directory (model and tokenizer)")
     mc = ModelConfig(model_type=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
                      intermediate_size=m.intermediate_size, num_hidden_layers=m.num_layers,
                      num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
                      dtype=m.dtype, param_dtype="float32", max_position_embeddings=4096)
-    return CausalLM(mc, rngs=nnx.Rngs(config.train.seed))
+    model = CausalLM(mc, rngs=nnx.Rngs(config.train.seed))
+    return model if mesh is None else sharding.shard_module(model, mesh, rules)
 
 
 def load_tokenizer(config):
@@ -114,7 +116,7 @@ def run_train(config, workdir: str | None) -> dict:
     gym = config.data.format == "gym"
     data = gym_data(config) if gym else file_data(config, load_tokenizer(config))
     mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
-    model = sharding.shard_module(build_model(config, data.vocab_size), mesh, rules)
+    model = build_model(config, data.vocab_size, mesh, rules)
     seed, chunk = config.train.seed, config.likelihood.chunk_size
     if config.train.batch_size % config.train.grad_accum_steps:
         raise ConfigError("train.grad_accum_steps", f"{config.train.grad_accum_steps} does not divide "
