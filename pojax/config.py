@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "copy"  # copy | precomputed | lora_base | none (reference-free losses)
+    c.reference.path = ""  # task = "eval": HF dir of the reference / starting policy ("" = none)
+    c.reference.lora_rank = 8  # reference.mode = "lora_base": adapter rank
+    c.reference.lora_alpha = 16.0  # and scale numerator (scale = alpha / rank)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 5e-4  # peak learning rate
@@ -112,7 +115,15 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50  # steps between checkpoints
-    c.checkpoint.keep = 2  # checkpoints kept
+    c.checkpoint.keep = 2  # latest checkpoints kept (resume)
+    c.checkpoint.best_metric = ""  # e.g. "eval_loss": also keep the best parameters by this eval metric
+    c.checkpoint.best_mode = "min"  # min | max: which end of best_metric is best
+    c.checkpoint.keep_best = 1  # best parameter sets kept (workdir/checkpoints/<stage>_best)
+
+    c.export = ml_collections.ConfigDict()  # task = "export": a checkpoint of --workdir → HF safetensors
+    c.export.path = ""  # output dir; "" = workdir/final
+    c.export.checkpoint = "latest"  # latest | best (needs checkpoint.best_metric during training)
+    c.export.stage = ""  # train | sft; "" = train if it has checkpoints, else sft
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 50  # steps between evaluations
@@ -168,7 +179,18 @@ def validate(config) -> None:
     _one_of(config, "data.format", DATA_FORMATS)
     _one_of(config, "likelihood.kind", LIKELIHOODS)
     _one_of(config, "reference.mode", REFERENCE_MODES)
-    for key in ("train.max_steps", "train.batch_size", "train.grad_accum_steps", "checkpoint.every_steps", "checkpoint.keep"):
+    _one_of(config, "checkpoint.best_mode", ("min", "max"))
+    _one_of(config, "export.checkpoint", ("latest", "best"))
+    _one_of(config, "export.stage", ("", "train", "sft"))
+    if config.checkpoint.best_metric and not config.checkpoint.best_metric.startswith("eval_"):
+        raise ConfigError("checkpoint.best_metric", f"{config.checkpoint.best_metric!r}: must be an evaluation metric "
+                          "(eval_loss, eval_rewards/accuracies, ...)")
+    gym_cfg = config.data.gym
+    if config.data.format == "gym" and gym_cfg.response_len > gym_cfg.prompt_len:
+        raise ConfigError("data.gym.response_len", f"{gym_cfg.response_len} exceeds data.gym.prompt_len="
+                          f"{gym_cfg.prompt_len} (the gold rule reads one prompt symbol per response position)")
+    for key in ("train.max_steps", "train.batch_size", "train.grad_accum_steps", "checkpoint.every_steps", "checkpoint.keep",
+                "checkpoint.keep_best", "eval.every_steps", "reference.lora_rank"):
         _positive(config, key)
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
@@ -177,7 +199,7 @@ def validate(config) -> None:
     if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
-    if config.task == "train":
+    if config.task in ("train", "sft", "eval"):
         if config.likelihood.kind != "autoregressive":
             raise ConfigError("likelihood.kind", f"{config.likelihood.kind!r}: training with diffusion ELBOs is not implemented yet")
         if config.data.packing:

@@ -18,16 +18,27 @@ from pojax.config import ConfigError, validate
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/quickstart.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, plots/.")
 
-def _train(config, workdir):
-    from pojax.train.run import run_train  # heavy imports only when a task runs
+def _task(module: str, name: str):
+    """A runner that imports its task lazily (heavy imports only when a task runs) and prints
+    the results table."""
 
-    results = run_train(config, workdir)
-    width = max(map(len, results))
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+    def run(config, workdir):
+        import importlib
+
+        results = getattr(importlib.import_module(module), name)(config, workdir)
+        width = max(map(len, results))
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+
+    return run
 
 
-# task name -> callable(config, workdir); filled in as the tasks land.
-TASK_RUNNERS: dict = {"train": _train}
+# task name -> callable(config, workdir); the other tasks land with their issues.
+TASK_RUNNERS: dict = {
+    "train": _task("pojax.train.run", "run_train"),
+    "sft": _task("pojax.train.tasks", "run_sft"),
+    "eval": _task("pojax.train.tasks", "run_eval"),
+    "export": _task("pojax.train.tasks", "run_export"),
+}
 
 
 def main(argv) -> int:

@@ -12,8 +12,8 @@ def run(*args):
 
 
 def test_quickstart_validates_prints_and_writes_config(tmp_path):
-    # task=export has no runner yet, so this checks flags, validation and config.json alone
-    proc = run("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.task=export", "--config.loss.beta=0.25",
+    # task=sample has no runner yet, so this checks flags, validation and config.json alone
+    proc = run("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.task=sample", "--config.loss.beta=0.25",
                "--config.loss.name=sigmoid+sft", "--config.loss.loss_weights=(1.0, 0.5)")
     assert proc.returncode == 0, proc.stderr
     written = json.loads((tmp_path / "config.json").read_text())

@@ -1,12 +1,25 @@
 """Preference data as researchers keep it on disk (TRL / HF datasets column names), read from
-JSONL, JSON or parquet, and validated row by row.
+JSONL (plain or gzipped), JSON or parquet, and validated row by row.
 
-Formats (``data.format``):
+Formats (``data.format``) and the normalized row each becomes:
   paired    prompt, chosen, rejected — strings, or conversational lists of {role, content};
             a row whose chosen / rejected are whole conversations without a prompt column
             (UltraFeedback-binarized style) is split at the last assistant turn, as TRL does.
-  unpaired  prompt, completion, label (bool)
+            Optional numeric score_chosen / score_rejected (UltraFeedback) are kept.
+            → {prompt, chosen, rejected[, score_chosen, score_rejected]}
+  unpaired  prompt, completion, label (bool) → {prompt, completion, label}
   ranked    prompt, completions (list), scores (list of numbers, same length)
+            → {prompt, completions, scores (floats)}
+  step      step-level pairs: prompt, prefix (the shared previous steps as one string, may be
+            empty), chosen_step, rejected_step (non-empty strings)
+            → {prompt, prefix, chosen, rejected}: a paired row plus ``prefix``. The model sees
+            prompt + prefix + step; only the step is the completion (tokenize appends the
+            prefix's tokens to the prompt's and masks them out of the completion).
+  hh_rlhf   Anthropic HH-RLHF: chosen, rejected — whole transcripts "\\n\\nHuman: …\\n\\nAssistant:
+            …" that differ only in the final assistant turn (see ``parse_hh_transcript``)
+            → {prompt (the turns before the final assistant turn), chosen, rejected (the final
+            assistant turns), prompt_text}; prompt_text is the raw transcript up to the final
+            "\\n\\nAssistant: " marker, so prompt_text + chosen is the chosen transcript verbatim.
 Every row becomes a normalized dict with ``prompt`` as a list of messages (a plain-text prompt is
 one user message, kept as text in ``prompt_text``) and completions as strings. A bad row raises
 ``DataError`` naming the file, the row index and the field, or, with ``skip_bad_rows``, is counted
@@ -14,13 +27,17 @@ and logged — never dropped silently.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 from collections.abc import Iterator
 
 from absl import logging
 
-FORMATS = ("paired", "unpaired", "ranked")
+FORMATS = ("paired", "unpaired", "ranked", "step", "hh_rlhf")
+# file names read_rows reads (a directory: its files with these endings, sorted)
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
 class DataError(ValueError):
@@ -32,12 +49,12 @@ class DataError(ValueError):
 
 
 def read_rows(path: str) -> Iterator[tuple[str, int, dict | DataError]]:
-    """(file, row index in that file, row) for a .jsonl / .json / .parquet file, or for every
-    such file of a directory (sorted). A JSONL line that is not valid JSON comes as a DataError
-    in place of the row, so the caller can stop or skip it. Rows of a JSONL file are its
-    non-blank lines, counted from 0."""
+    """(file, row index in that file, row) for a .jsonl / .json / .parquet file (JSONL and JSON
+    may be gzipped: .jsonl.gz, .json.gz), or for every such file of a directory (sorted, not
+    recursive). A JSONL line that is not valid JSON comes as a DataError in place of the row, so
+    the caller can stop or skip it. Rows of a JSONL file are its non-blank lines, counted from 0."""
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".jsonl", ".json", ".parquet")))
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(FILE_SUFFIXES))
         if not files:
             raise DataError(path, 0, "-", "directory has no .jsonl, .json or .parquet file")
         for f in files:
@@ -46,22 +63,30 @@ def read_rows(path: str) -> Iterator[tuple[str, int, dict | DataError]]:
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
-    elif path.endswith(".json"):
-        with open(path) as f:
-            data = json.load(f)
-        rows = data if isinstance(data, list) else data.get("data", [])
-    else:
-        with open(path) as f:
-            lines = [line for line in f if line.strip()]
-        for i, line in enumerate(lines):
-            try:
-                yield path, i, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield path, i, DataError(path, i, "-", f"not valid JSON ({e.msg})")
+        i = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):  # bounded memory
+            for row in batch.to_pylist():
+                yield path, i, row
+                i += 1
         return
-    for i, row in enumerate(rows):
-        yield path, i, row
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if path.endswith((".json", ".json.gz")):
+            data = json.load(f)
+            rows = data if isinstance(data, list) else data.get("data", [])
+            for i, row in enumerate(rows):
+                yield path, i, row
+            return
+        i = 0
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                row = DataError(path, i, "-", f"not valid JSON ({e.msg})")
+            yield path, i, row
+            i += 1
 
 
 def _messages(value, path, i, field) -> list[dict]:
@@ -97,32 +122,78 @@ def _split_conversation(chosen, rejected, path, i):
     return c[:-1], _completion(c, path, i, "chosen"), _completion(r, path, i, "rejected")
 
 
+_HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_hh_transcript(text: str) -> list[dict]:
+    """An HH-RLHF transcript "\\n\\nHuman: a\\n\\nAssistant: b…" → [{role: user, content: a},
+    {role: assistant, content: b}, …]. Turns start at "\\n\\nHuman:" / "\\n\\nAssistant:" (the
+    leading blank line may be missing on the first turn; one space after the colon belongs to the
+    marker); contents are kept verbatim. Raises ValueError for text before the first turn or a
+    transcript without turns. Which role comes last is the caller's rule (see ``normalize``)."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a transcript string, got {type(text).__name__}")
+    parts = _HH_MARKER.split(text)
+    if len(parts) == 1:
+        raise ValueError("no '\\n\\nHuman: ' or '\\n\\nAssistant: ' turn")
+    if parts[0].strip():
+        raise ValueError(f"text before the first turn: {parts[0][:40]!r}")
+    return [{"role": _HH_ROLES[role], "content": content} for role, content in zip(parts[1::2], parts[2::2])]
+
+
+def _hh_turns(text, path, i, field) -> tuple[list[dict], str, str]:
+    """(prompt messages, final assistant content, raw transcript up to that content)."""
+    try:
+        msgs = parse_hh_transcript(text)
+    except ValueError as e:
+        raise DataError(path, i, field, f"not an HH-RLHF transcript: {e}") from None
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise DataError(path, i, field, "not an HH-RLHF transcript: no '\\n\\nAssistant: ' turn")
+    if msgs[-1]["role"] != "assistant":
+        raise DataError(path, i, field, "not an HH-RLHF transcript: does not end with an assistant turn")
+    if len(msgs) < 2:
+        raise DataError(path, i, field, "no turns before the final assistant turn")
+    last = list(_HH_MARKER.finditer(text))[-1]
+    return msgs[:-1], _completion(msgs[-1]["content"], path, i, field), text[: last.end()]
+
+
+def _score(row, path, i, field) -> float:
+    value = row[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(path, i, field, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _require(row, fields, path, i):
+    for field in fields:
+        if field not in row:
+            raise DataError(path, i, field, "missing")
+
+
 def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
     """One validated row in pojax's normalized form (see the module docstring)."""
     if not isinstance(row, dict):
         raise DataError(path, i, "-", f"expected an object, got {type(row).__name__}")
     if fmt == "paired":
-        for field in ("chosen", "rejected"):
-            if field not in row:
-                raise DataError(path, i, field, "missing")
+        _require(row, ("chosen", "rejected"), path, i)
         if "prompt" in row:
             prompt = _messages(row["prompt"], path, i, "prompt")
             chosen, rejected = _completion(row["chosen"], path, i, "chosen"), _completion(row["rejected"], path, i, "rejected")
         else:
             prompt, chosen, rejected = _split_conversation(row["chosen"], row["rejected"], path, i)
         out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        for field in ("score_chosen", "score_rejected"):
+            if field in row:
+                out[field] = _score(row, path, i, field)
     elif fmt == "unpaired":
-        for field in ("prompt", "completion", "label"):
-            if field not in row:
-                raise DataError(path, i, field, "missing")
+        _require(row, ("prompt", "completion", "label"), path, i)
         if not isinstance(row["label"], bool):
             raise DataError(path, i, "label", f"expected true/false, got {row['label']!r}")
         out = {"prompt": _messages(row["prompt"], path, i, "prompt"),
                "completion": _completion(row["completion"], path, i, "completion"), "label": row["label"]}
     elif fmt == "ranked":
-        for field in ("prompt", "completions", "scores"):
-            if field not in row:
-                raise DataError(path, i, field, "missing")
+        _require(row, ("prompt", "completions", "scores"), path, i)
         comps, scores = row["completions"], row["scores"]
         if not isinstance(comps, list) or len(comps) < 2:
             raise DataError(path, i, "completions", "expected a list of at least 2 completions")
@@ -130,6 +201,24 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
             raise DataError(path, i, "scores", f"expected {len(comps)} numbers, one per completion")
         out = {"prompt": _messages(row["prompt"], path, i, "prompt"),
                "completions": [_completion(c, path, i, "completions") for c in comps], "scores": [float(s) for s in scores]}
+    elif fmt == "step":
+        _require(row, ("prompt", "prefix", "chosen_step", "rejected_step"), path, i)
+        if not isinstance(row["prefix"], str):
+            raise DataError(path, i, "prefix", f"expected a string (may be empty), got {type(row['prefix']).__name__}")
+        steps = {}
+        for field in ("chosen_step", "rejected_step"):
+            if not isinstance(row[field], str):
+                raise DataError(path, i, field, f"expected a string, got {type(row[field]).__name__}")
+            steps[field] = _completion(row[field], path, i, field)
+        out = {"prompt": _messages(row["prompt"], path, i, "prompt"), "prefix": row["prefix"],
+               "chosen": steps["chosen_step"], "rejected": steps["rejected_step"]}
+    elif fmt == "hh_rlhf":
+        _require(row, ("chosen", "rejected"), path, i)
+        prompt, chosen, prompt_text = _hh_turns(row["chosen"], path, i, "chosen")
+        rejected_prompt, rejected, _ = _hh_turns(row["rejected"], path, i, "rejected")
+        if rejected_prompt != prompt:
+            raise DataError(path, i, "rejected", "chosen and rejected transcripts differ before the final assistant turn")
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "prompt_text": prompt_text}
     else:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if isinstance(row.get("prompt"), str):

@@ -1,30 +1,27 @@
-"""Batches of in-memory training arrays: a seeded permutation per epoch, indexed by step.
+"""Training batches: a grain pipeline with a checkpointable iterator.
 
-``batch_at(rows, step, ...)`` is a pure function of the step, so the data position of a run is
-its step and a resumed run sees exactly the batches it would have seen (grain iterators with
-checkpointable state replace this for file-backed datasets with the data issue).
+``make_dataset(source, ...)`` builds the grain pipeline for any random-access source (a dict of
+equal-length arrays, or a grain / TFDS array_record data source whose items are dicts):
+
+    source → seed → shuffle (re-shuffled each epoch) → repeat → map(transform)
+           → batch(B / H) → [h::H]
+
+The global stream is the shuffled, repeated sequence of examples; the global batch of step s is
+its examples [s·B, (s+1)·B), and host h of H reads the slice [s·B + h·B/H, s·B + (h+1)·B/H).
+So the global batch of step s is the concatenation, in host order, of the host batches of step s,
+and it does not depend on H. The result is a ``grain.MapDataset``: ``ds[s]`` is the host batch of
+step s (random access); ``make_iterator(ds)`` iterates it with prefetching,
+and the iterator's state (``iterator_state`` / ``restore_iterator``, or grain's orbax handler
+``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore``) goes into the training checkpoint.
 """
 from __future__ import annotations
 
-import numpy as np
+import json
+from typing import Any, Callable
 
-from pojax.data.tokenize import mismatched
+import grain
+import jax
 
-
-def batch_at(rows: dict, step: int, batch_size: int, seed: int) -> dict:
-    """The batch of optimizer step ``step``: epoch e = step·B // N reads a permutation seeded
-    by (seed, e). Unpaired batches get KTO's mismatched rows (kl_ids, kl_mask)."""
-    n = len(next(iter(rows.values())))
-    start = step * batch_size
-    idx: list[int] = []
-    while len(idx) < batch_size:
-        epoch, offset = divmod(start + len(idx), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        idx.extend(perm[offset: offset + batch_size - len(idx)])
-    batch = {k: v[np.asarray(idx)] for k, v in rows.items()}
-    if "label" in batch and "kl_ids" not in batch:
-        batch["kl_ids"], batch["kl_mask"] = mismatched(batch["input_ids"], batch["completion_mask"])
-    return batch
 
 
 def split_eval(rows: dict, n_eval: int) -> tuple[dict, dict | None]:
@@ -33,3 +30,99 @@ def split_eval(rows: dict, n_eval: int) -> tuple[dict, dict | None]:
     if n_eval <= 0 or n <= 2 * n_eval:
         return rows, None
     return {k: v[:-n_eval] for k, v in rows.items()}, {k: v[-n_eval:] for k, v in rows.items()}
+
+
+class ArraySource:
+    """A dict of equal-length arrays as a random-access source: ``src[i]`` = {key: array[i]}."""
+
+    def __init__(self, arrays: dict):
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if not lengths or len(set(lengths.values())) != 1:
+            raise ValueError(f"ArraySource needs equal-length arrays, got lengths {lengths}")
+        self.arrays = arrays
+        self.length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return {k: v[index] for k, v in self.arrays.items()}
+
+
+def make_dataset(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                 shard_index: int | None = None, shard_count: int | None = None,
+                 transform: Callable[[dict], dict] | None = None, drop_remainder: bool = True) -> grain.MapDataset:
+    """The batches of one host, as a ``grain.MapDataset`` (``ds[s]`` is the host batch of step s).
+
+    Args:
+      source: a dict of equal-length arrays (wrapped in ``ArraySource``) or any random-access
+        source with ``__len__`` and ``__getitem__`` whose items are dicts (e.g. a TFDS
+        array_record data source, ``grain.sources.ArrayRecordDataSource`` + a parsing transform).
+      batch_size: the global batch size B, in examples, summed over hosts; a multiple of
+        ``shard_count``.
+      seed: shuffle seed, an integer in [0, 2**32). Epoch e is shuffled with a seed derived from
+        (seed, e), so every epoch has its own order and the same seed gives the same stream.
+      shuffle: False reads the source in order, every epoch.
+      num_epochs: passes over the source; None repeats forever (the dataset's length is then
+        ``sys.maxsize // (B / H)``). Batches run across epoch boundaries.
+      shard_index, shard_count: this host h and the number of hosts H (default:
+        ``jax.process_index()``, ``jax.process_count()``). Host h gets B/H examples per step,
+        the slice [h·B/H, (h+1)·B/H) of the global batch; hosts are disjoint and together read
+        the global batch, whatever H is.
+      transform: per-example function dict -> dict (or a ``grain.transforms.Map``), applied on
+        the host that reads the example, before batching (tokenization, packing of one row, ...).
+      drop_remainder: with finite ``num_epochs``, drop the last partial global batch so that
+        every host runs the same number of steps. False keeps it and is allowed on one host only.
+
+    Returns:
+      ``grain.MapDataset`` of dicts of numpy arrays shaped [B/H, ...] (the example's dtypes).
+    """
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index} is not in [0, shard_count={shard_count})")
+    if batch_size <= 0 or batch_size % shard_count:
+        raise ValueError(f"batch_size={batch_size} must be a positive multiple of shard_count={shard_count}")
+    if not drop_remainder and shard_count > 1 and num_epochs is not None:
+        raise ValueError("drop_remainder=False would give the hosts different numbers of steps; "
+                         "use drop_remainder=True with shard_count > 1")
+    if isinstance(source, dict):
+        source = ArraySource(source)
+    if len(source) == 0:
+        raise ValueError("make_dataset: the source is empty")
+    ds = grain.MapDataset.source(source).seed(seed)
+    if shuffle:
+        ds = ds.shuffle()  # seed derived from ds.seed(seed); grain folds the epoch into it
+    ds = ds.repeat(num_epochs)
+    if num_epochs is not None and drop_remainder:
+        ds = ds[: len(ds) // batch_size * batch_size]  # whole global batches only
+    if transform is not None:
+        ds = ds.map(transform)
+    host_batch = batch_size // shard_count
+    # Consecutive host-sized pieces of the stream; global step s is pieces s·H ... s·H + H - 1,
+    # so host h takes every H-th piece. MapDataset is lazy: a host reads only its own examples.
+    ds = ds.batch(host_batch, drop_remainder=drop_remainder)
+    return ds[shard_index::shard_count]
+
+
+def make_iterator(dataset: grain.MapDataset, *, num_threads: int = 4,
+                  prefetch_batches: int = 8) -> grain.DatasetIterator:
+    """A prefetching iterator over ``dataset`` (batches built by ``num_threads`` threads, up to
+    ``prefetch_batches`` ahead). Its state counts the batches returned, not the prefetched ones,
+    so a checkpoint taken at any time restores to the next unreturned batch."""
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
+    return iter(dataset.to_iter_dataset(options))
+
+
+def iterator_state(iterator: grain.DatasetIterator) -> dict[str, Any]:
+    """The iterator's position as a JSON-able dict (for ``ocp.args.JsonSave``); for the pipeline
+    of ``make_dataset`` it is ``{"next_index": number of batches returned}``."""
+    state = iterator.get_state()
+    json.dumps(state)  # raises TypeError now, not at checkpoint time, if a stage is not JSON-able
+    return state
+
+
+def restore_iterator(iterator: grain.DatasetIterator, state: dict[str, Any]) -> grain.DatasetIterator:
+    """Moves ``iterator`` (built by the same pipeline code) to ``state`` and returns it."""
+    iterator.set_state(state)
+    return iterator

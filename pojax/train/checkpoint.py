@@ -1,33 +1,49 @@
 """orbax checkpoints of a training stage: the TrainState (params, optimizer state, step, loss
-state) plus JSON metadata (the data position). orbax writes each step to a temporary directory
+state), JSON metadata, and the grain data iterator's position (grain's own orbax handler writes
+one small JSON file per process, so each host resumes its own shard). orbax writes each step to a temporary directory
 and renames it when complete, so a crash mid-save never leaves a corrupt "latest" checkpoint."""
 from __future__ import annotations
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    """Keep-N checkpoints of one stage under ``directory`` (async saves)."""
+    """Keep-N checkpoints of one stage under ``directory`` (async saves): the latest ``keep``,
+    or with ``best_metric`` the ``keep`` best by that metric (``best_mode`` min | max)."""
 
-    def __init__(self, directory: str, keep: int):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+    def __init__(self, directory: str, keep: int, best_metric: str | None = None, best_mode: str = "min"):
+        best = {} if not best_metric else dict(best_fn=lambda m: m[best_metric], best_mode=best_mode)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, **best)
         self.manager = ocp.CheckpointManager(directory, options=options)
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, meta: dict) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self.manager.save(step, args=args)
+    def save(self, step: int, state, meta: dict, metrics: dict | None = None, data_iter=None) -> None:
+        """Saves asynchronously; the data iterator's position (grain's handler is synchronous) is
+        the one at this call."""
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
 
-    def restore(self, state_like, step: int | None = None):
-        """(state, meta) of ``step`` (default: the latest), placed like ``state_like``."""
+    def restore(self, state_like, step: int | None = None, data_iter=None):
+        """(state, meta) of ``step`` (default: the latest), placed like ``state_like``; a fresh
+        ``data_iter`` of the same pipeline is moved in place to the saved position. Returns
+        whether it was (a checkpoint without a data item leaves it untouched) in meta["data_restored"]."""
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        out = self.manager.restore(step, args=args)
-        return out.state, out.meta
+        items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        has_data = data_iter is not None and "data" in self.manager.item_metadata(step)
+        if has_data:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return out.state, dict(out.meta, data_restored=has_data)
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -13,6 +13,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from pojax import sharding
+from pojax.config import ConfigError
+from pojax.data.pipeline import make_iterator, restore_iterator
 from pojax.train.checkpoint import Checkpoints
 from pojax.train.metrics import MetricsWriter
 from pojax.train.step import init_state, make_train_step
@@ -20,22 +22,62 @@ from pojax.train.step import init_state, make_train_step
 _BAR_KEYS = (("loss", "loss"), ("rewards/accuracies", "acc"), ("tokens_per_s", "tok/s"))
 
 
-def _batch_sharding(mesh, rules, batch):
-    return {k: sharding.logical_to_sharding(("batch",) + (None,) * (np.ndim(v) - 1), mesh, rules, shape=np.shape(v))
-            for k, v in batch.items()}
+def _batch_sharding(mesh, rules, shapes: dict):
+    return {k: sharding.logical_to_sharding(("batch",) + (None,) * (len(s) - 1), mesh, rules, shape=s)
+            for k, s in shapes.items()}
 
 
-def run_stage(name: str, model, *, objective: Callable, batch_fn: Callable[[int], dict], steps: int, tx, workdir: str,
-              config, mesh, rules, trainable=nnx.Param, reference=None, loss_state=None, metrics_file="metrics.jsonl"):
-    """Trains ``model`` in place for ``steps`` optimizer steps and returns it.
+def tokens_in(batch: dict) -> int:
+    """Non-padding tokens (prompt + completion) of a right-padded batch: per row, everything up
+    to its last completion token, for every *_mask array of the batch."""
+    total = 0
+    for k, mask in batch.items():
+        if k.endswith("mask") and np.ndim(mask) >= 2:
+            m = np.asarray(mask).reshape(-1, np.shape(mask)[-1])
+            width = m.shape[1]
+            total += int(np.where(m.any(1), width - np.argmax(m[:, ::-1], 1), 0).sum())
+    return total
 
-    ``batch_fn(i)`` gives micro-batch i; with ``train.grad_accum_steps`` = k, optimizer step s
-    runs micro-batches s·k … s·k + k - 1 (optax.MultiSteps averages their gradients) and logs
-    the mean of their metrics.
+
+class _Mean:
+    """Running per-key means of micro-batch metrics that skip non-finite values (e.g. KTO's
+    rewards/chosen of a micro-batch without a desirable example)."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            v = float(v)
+            self.counts.setdefault(k, 0)
+            self.sums.setdefault(k, 0.0)
+            if np.isfinite(v):
+                self.sums[k] += v
+                self.counts[k] += 1
+
+    def result(self) -> dict:
+        return {k: (self.sums[k] / c if c else float("nan")) for k, c in self.counts.items()}
+
+
+def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx, workdir: str,
+              config, mesh, rules, trainable=nnx.Param, reference=None, loss_state=None, metrics_file="metrics.jsonl",
+              eval_fn: Callable | None = None):
+    """Trains ``model`` in place for ``steps`` optimizer steps and returns (model, final TrainState).
+
+    ``dataset`` is a grain pipeline (pojax.data.pipeline.make_dataset) of this host's
+    micro-batches, read through a prefetching iterator whose position is saved in every
+    checkpoint; with ``train.grad_accum_steps`` = k, optimizer step s runs micro-batches
+    s·k … s·k + k - 1 (optax.MultiSteps averages their gradients) and logs the mean of their
+    metrics. Host batches become global arrays with jax.make_array_from_process_local_data.
 
     objective(model, reference, batch, loss_state) -> (loss, metrics, loss_state). The
     reference (a model or None) is passed to the jitted step as an argument, never baked in.
     Checkpoints go to workdir/checkpoints/<name>; a finished stage restores and returns.
+
+    ``eval_fn(model, loss_state) -> {eval_*: value}`` runs every ``eval.every_steps`` steps and
+    at the last step; its figures join that step's metrics line, and with
+    ``checkpoint.best_metric`` set the best ``checkpoint.keep_best`` parameter sets by that
+    metric are kept in workdir/checkpoints/<name>_best.
     """
     graphdef, params, frozen = nnx.split(model, trainable, ...)
     ref_graphdef, ref_state = (None, None) if reference is None else nnx.split(reference)
@@ -50,40 +92,65 @@ def run_stage(name: str, model, *, objective: Callable, batch_fn: Callable[[int]
     state = jax.device_put(state, state_sh)
     frozen_sh = sharding.param_shardings(frozen, mesh, rules)
     ref_sh = None if ref_state is None else sharding.param_shardings(ref_state, mesh, rules)
-    example = batch_fn(0)
-    batch_sh = _batch_sharding(mesh, rules, example)
+    example = dataset[0]  # random access: does not move the iterator
+    hosts = jax.process_count()
+    global_shapes = {k: (np.shape(v)[0] * hosts,) + np.shape(v)[1:] for k, v in example.items()}
+    batch_sh = _batch_sharding(mesh, rules, global_shapes)
+    data_iter = make_iterator(dataset)
+    accum = config.train.grad_accum_steps  # micro-batches per optimizer step (optax.MultiSteps)
+
+    def to_global(host_batch):
+        return {k: jax.make_array_from_process_local_data(batch_sh[k], v, global_shapes[k]) for k, v in host_batch.items()}
+
     jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, frozen_sh, ref_sh), out_shardings=(state_sh, None),
                      donate_argnums=(0,))
 
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints", name), keep=config.checkpoint.keep)
-    writer = MetricsWriter(workdir, metrics_file)
+    best_metric = config.checkpoint.best_metric if eval_fn is not None else ""
+    best = None if not best_metric else Checkpoints(os.path.join(workdir, "checkpoints", f"{name}_best"),
+                                                    keep=config.checkpoint.keep_best, best_metric=best_metric,
+                                                    best_mode=config.checkpoint.best_mode)
+    writer = MetricsWriter(workdir, metrics_file, tensorboard=name)
     start = 0
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
+        state, meta = ckpt.restore(state, data_iter=data_iter)
         state = jax.device_put(state, state_sh)
         start = int(meta["step"])
+        if not meta["data_restored"]:  # a checkpoint without the iterator: its position is the step
+            restore_iterator(data_iter, {"next_index": start * accum})
         logging.info("%s: resumed from step %d", name, start)
     writer.truncate_after(start)  # lines past the restored step (or of a run killed before any checkpoint)
     bar = tqdm(total=steps, initial=start, desc=name, disable=not config.logging.progress, dynamic_ncols=True)
-    accum = config.train.grad_accum_steps  # micro-batches per optimizer step (optax.MultiSteps)
     with sharding.use_mesh(mesh, rules):
         for step in range(start, steps):
-            t0, tokens, sums = time.perf_counter(), 0, {}
-            for micro in range(step * accum, (step + 1) * accum):
-                batch = jax.device_put(batch_fn(micro), batch_sh)
-                state, m = jitted(state, batch, frozen, ref_state)
-                for k, v in jax.device_get(m).items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / accum
-                tokens += sum(int(np.sum(v)) for k, v in batch.items() if k.endswith("mask"))
+            t0, tokens, mean = time.perf_counter(), 0, _Mean()
+            for _ in range(accum):
+                host_batch = next(data_iter)
+                tokens += tokens_in(host_batch) * hosts
+                state, m = jitted(state, to_global(host_batch), frozen, ref_state)
+                mean.add(jax.device_get(m))
             dt = time.perf_counter() - t0
-            metrics = dict(sums, step_time_s=dt, tokens_per_s=tokens / dt)
-            if (step + 1) % config.logging.every_steps == 0 or step + 1 == steps:
+            metrics = dict(mean.result(), step_time_s=dt, tokens_per_s=tokens / dt)
+            last = step + 1 == steps
+            evaluated = eval_fn is not None and ((step + 1) % config.eval.every_steps == 0 or last)
+            if evaluated:
+                eval_metrics = eval_fn(nnx.merge(graphdef, state.params, frozen), state.loss_state)
+                metrics.update(eval_metrics)
+            if (step + 1) % config.logging.every_steps == 0 or last or evaluated:
                 writer.write(step + 1, metrics)
+            if best is not None and evaluated:
+                if best_metric not in eval_metrics:
+                    raise ConfigError("checkpoint.best_metric", f"{best_metric!r} is not an evaluation metric; "
+                                      f"this run has {', '.join(sorted(eval_metrics))}")
+                best.save(step + 1, state.params, {"step": step + 1}, metrics={best_metric: eval_metrics[best_metric]})
             bar.set_postfix({short: f"{float(metrics[k]):.3g}" for k, short in _BAR_KEYS if k in metrics})
             bar.update(1)
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == steps:
-                ckpt.save(step + 1, state, {"step": step + 1})
+                ckpt.save(step + 1, state, {"step": step + 1}, data_iter=data_iter)
     bar.close()
+    data_iter.close()
     ckpt.close()
+    if best is not None:
+        best.close()
     nnx.update(model, state.params)
     return model, state

@@ -1,31 +1,39 @@
-"""What a run writes besides checkpoints: metrics.jsonl (one line per logged step), plots/*.png
-and results.json."""
+"""What a run writes besides checkpoints: metrics.jsonl (one line per logged step), TensorBoard
+scalars (workdir/tensorboard/<stage>), plots/*.png and results.json."""
 from __future__ import annotations
 
 import json
 import math
 import os
 
+from pojax.train.tensorboard import EventWriter
+
 PLOTS = (
     ("loss", ("loss",)),
     ("rewards", ("rewards/chosen", "rewards/rejected")),
     ("margins", ("rewards/margins",)),
     ("accuracies", ("rewards/accuracies",)),
+    ("eval_loss", ("eval_loss",)),
+    ("eval_accuracies", ("eval_rewards/accuracies",)),
 )
 
 
 class MetricsWriter:
-    """Appends one JSON object per step to ``workdir/metrics.jsonl`` (resumes append)."""
+    """Appends one JSON object per step to ``workdir/metrics.jsonl`` (resumes append) and, with
+    ``tensorboard`` set, the same scalars to TensorBoard events in workdir/tensorboard/<name>."""
 
-    def __init__(self, workdir: str, name: str = "metrics.jsonl"):
+    def __init__(self, workdir: str, name: str = "metrics.jsonl", tensorboard: str | None = None):
         self.path = os.path.join(workdir, name)
         os.makedirs(workdir, exist_ok=True)
+        self.events = None if tensorboard is None else EventWriter(os.path.join(workdir, "tensorboard", tensorboard))
 
     def write(self, step: int, values: dict) -> None:
         row = {"step": int(step)}
         row.update({k: _plain(v) for k, v in values.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.events is not None:
+            self.events.scalars(step, {k: v for k, v in row.items() if k != "step"})
 
     def read(self) -> list[dict]:
         if not os.path.exists(self.path):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pojax.data.formats import DataError, load
+from pojax.data.formats import DataError, load, parse_hh_transcript
 
 
 def write_jsonl(path, rows):
@@ -73,3 +73,80 @@ def test_unreadable_inputs(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "p"\n')
     with pytest.raises(DataError, match="bad.jsonl: row 0: field '-': not valid JSON"):
         load(str(tmp_path / "bad.jsonl"), "paired")
+
+
+def test_gzipped_jsonl_and_paired_scores(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "p.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "score_chosen": 8.5, "score_rejected": 1}) + "\n")
+    assert load(str(tmp_path / "p.jsonl.gz"), "paired") == [
+        {"prompt": [{"role": "user", "content": "p"}], "chosen": "c", "rejected": "r", "score_chosen": 8.5,
+         "score_rejected": 1.0, "prompt_text": "p"}]
+    assert len(load(str(tmp_path), "paired")) == 1  # a directory's .jsonl.gz files are read too
+
+
+def test_parse_hh_transcript_multi_turn():
+    text = "\n\nHuman: hi\n\nAssistant: hello!\n\nHuman: a joke?\nplease\n\nAssistant: Why did…"
+    assert parse_hh_transcript(text) == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"},
+        {"role": "user", "content": "a joke?\nplease"}, {"role": "assistant", "content": "Why did…"}]
+    # the first turn may lack its blank line; an empty final turn ("Assistant:") parses as ""
+    assert parse_hh_transcript("Human: q\n\nAssistant:") == [{"role": "user", "content": "q"},
+                                                            {"role": "assistant", "content": ""}]
+    with pytest.raises(ValueError, match="no '\\\\n\\\\nHuman: ' or"):
+        parse_hh_transcript("just text")
+    with pytest.raises(ValueError, match="text before the first turn"):
+        parse_hh_transcript("preamble\n\nHuman: q\n\nAssistant: a")
+
+
+def test_hh_rlhf_rows(tmp_path):
+    head = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: "
+    path = write_jsonl(tmp_path / "train.jsonl", [{"chosen": head + "fine", "rejected": head + "go away"}])
+    [row] = load(path, "hh_rlhf")
+    assert row == {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                              {"role": "user", "content": "how are you?"}],
+                   "chosen": "fine", "rejected": "go away", "prompt_text": head}
+
+
+HH = "\n\nHuman: q\n\nAssistant: "
+
+
+@pytest.mark.parametrize(("row", "field", "message"), [
+    ({"chosen": HH + "a"}, "rejected", "missing"),
+    ({"chosen": "\n\nHuman: q\n\nHuman: a", "rejected": HH + "b"}, "chosen", "no '\\\\n\\\\nAssistant: ' turn"),
+    ({"chosen": HH + "a", "rejected": HH + "b\n\nHuman: more?"}, "rejected", "does not end with an assistant turn"),
+    ({"chosen": "q: a", "rejected": HH + "b"}, "chosen", "not an HH-RLHF transcript: no"),
+    ({"chosen": HH + "a", "rejected": "\n\nHuman: other\n\nAssistant: b"}, "rejected", "differ before the final"),
+    ({"chosen": HH + "a", "rejected": HH}, "rejected", "empty completion"),
+    ({"chosen": "\n\nAssistant: a", "rejected": "\n\nAssistant: b"}, "chosen", "no turns before the final"),
+    ({"chosen": ["not", "a", "transcript"], "rejected": HH + "b"}, "chosen", "expected a transcript string"),
+])
+def test_bad_hh_rows(tmp_path, row, field, message):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"chosen": HH + "a", "rejected": HH + "b"}, row])
+    with pytest.raises(DataError, match=f"train.jsonl: row 1: field '{field}': .*{message}"):
+        load(path, "hh_rlhf")
+    assert len(load(path, "hh_rlhf", skip_bad_rows=True)) == 1
+
+
+def test_step_rows(tmp_path):
+    rows = [{"prompt": "solve 2x=4", "prefix": "", "chosen_step": "x = 4/2", "rejected_step": "x = 4*2"},
+            {"prompt": [{"role": "user", "content": "solve 2x=4"}], "prefix": "x = 4/2\n", "chosen_step": "x = 2",
+             "rejected_step": "x = 3", "step_index": 1}]  # other columns are ignored
+    out = load(write_jsonl(tmp_path / "s.jsonl", rows), "step")
+    assert out[0] == {"prompt": [{"role": "user", "content": "solve 2x=4"}], "prefix": "", "chosen": "x = 4/2",
+                      "rejected": "x = 4*2", "prompt_text": "solve 2x=4"}
+    assert out[1] == {"prompt": [{"role": "user", "content": "solve 2x=4"}], "prefix": "x = 4/2\n", "chosen": "x = 2",
+                      "rejected": "x = 3"}
+
+
+@pytest.mark.parametrize(("row", "field", "message"), [
+    ({"prompt": "p", "chosen_step": "a", "rejected_step": "b"}, "prefix", "missing"),
+    ({"prompt": "p", "prefix": 3, "chosen_step": "a", "rejected_step": "b"}, "prefix", "expected a string"),
+    ({"prompt": "p", "prefix": "", "chosen_step": "", "rejected_step": "b"}, "chosen_step", "empty completion"),
+    ({"prompt": "p", "prefix": "", "chosen_step": "a", "rejected_step": ["b"]}, "rejected_step", "expected a string"),
+])
+def test_bad_step_rows(tmp_path, row, field, message):
+    path = write_jsonl(tmp_path / "s.jsonl", [row])
+    with pytest.raises(DataError, match=f"s.jsonl: row 0: field '{field}': .*{message}"):
+        load(path, "step")

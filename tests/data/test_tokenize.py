@@ -3,7 +3,7 @@ TRL; the plain fallback and the missing-template error."""
 import numpy as np
 import pytest
 
-from pojax.data import tokenize
+from pojax.data import packing, tokenize
 from tests.data.tokenizer_fixture import make_tokenizer
 
 ROW = {"prompt": [{"role": "user", "content": "name a color"}], "chosen": "blue", "rejected": "seven"}
@@ -52,3 +52,88 @@ def test_mismatched_rows_pair_each_prompt_with_the_previous_completion():
     assert kl[0].tolist()[:5] == [1, 2, 30, 31, 32] and kl_mask[0].tolist() == [0, 0, 1, 1, 1]
     assert kl[1].tolist()[:5] == [3, 4, 5, 10, 11] and kl_mask[1].tolist() == [0, 0, 0, 1, 1]
     assert kl[2].tolist()[:3] == [6, 20, 0] and kl_mask[2].tolist() == [0, 1, 0, 0, 0]
+
+
+def ids_of(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_encode_ranked_pads_ragged_k():
+    tok = make_tokenizer()
+    rows = [{"prompt": ROW["prompt"], "completions": ["blue", "seven", "good bad"], "scores": [2.0, 0.5, 1.0]},
+            {"prompt": [{"role": "user", "content": "2+2?"}], "completions": ["4", "5"], "scores": [1.0, 0.0]}]
+    out = tokenize.encode(rows, "ranked", tok, max_prompt_length=12, max_completion_length=3)
+    assert out["input_ids"].shape == out["completion_mask"].shape == (2, 3, 15)
+    assert out["input_ids"].dtype == np.int32 and out["completion_mask"].dtype == bool
+    assert out["scores"].dtype == np.float32 and out["scores"].tolist() == [[2.0, 0.5, 1.0], [1.0, 0.0, 0.0]]
+    assert out["rank_mask"].tolist() == [[True, True, True], [True, True, False]]
+    eos = tok.eos_token_id
+    for i, row in enumerate(rows):
+        p = tokenize.prompt_ids(tok, row, chat=True)
+        for j, text in enumerate(row["completions"]):
+            ids, mask = out["input_ids"][i, j], out["completion_mask"][i, j]
+            assert ids[: len(p)].tolist() == p
+            assert ids[mask].tolist() == (ids_of(tok, text) + [eos])[:3]  # "good bad </s>" fits 3
+    # the missing third completion of row 1 is all padding, no completion token
+    assert np.all(out["input_ids"][1, 2] == tok.pad_token_id) and not out["completion_mask"][1, 2].any()
+    # each completion row equals the paired encoding of the same prompt and completion
+    paired = tokenize.encode([dict(prompt=rows[0]["prompt"], chosen="blue", rejected="seven")], "paired", tok,
+                             max_prompt_length=12, max_completion_length=3)
+    np.testing.assert_array_equal(out["input_ids"][0, 0], paired["chosen_ids"][0])
+    np.testing.assert_array_equal(out["completion_mask"][0, 1], paired["rejected_mask"][0])
+
+
+STEP = {"prompt": [{"role": "user", "content": "2+2?"}], "prefix": "hi hello", "chosen": "4", "rejected": "5"}
+
+
+def test_encode_step_puts_the_prefix_after_the_generation_prompt_outside_the_mask():
+    tok = make_tokenizer()
+    out = tokenize.encode([STEP], "step", tok, max_prompt_length=12, max_completion_length=4)
+    p = tokenize.prompt_ids(tok, STEP, chat=True)
+    assert tok.decode(p).endswith("assistant :")  # the template's generation prompt comes first
+    prefix = ids_of(tok, "hi hello")
+    for side in ("chosen", "rejected"):
+        ids, mask = out[f"{side}_ids"][0], out[f"{side}_mask"][0]
+        assert ids[: len(p) + 2].tolist() == p + prefix
+        assert ids[mask].tolist() == ids_of(tok, STEP[side]) + [tok.eos_token_id]
+        assert np.flatnonzero(mask)[0] == len(p) + 2  # the prefix is not part of the completion
+    # the same row as "paired" (a paired row may carry a prefix too) encodes identically
+    paired = tokenize.encode([STEP], "paired", tok, max_prompt_length=12, max_completion_length=4)
+    for k in out:
+        np.testing.assert_array_equal(out[k], paired[k])
+
+
+def test_step_prefix_is_truncated_as_prompt_keeping_its_end():
+    tok = make_tokenizer()
+    out = tokenize.encode([STEP], "step", tok, max_prompt_length=3, max_completion_length=4)
+    p = tokenize.prompt_ids(tok, STEP, chat=True)
+    assert out["chosen_ids"][0][:3].tolist() == (p + ids_of(tok, "hi hello"))[-3:]
+    assert out["chosen_mask"][0].tolist() == [False] * 3 + [True, True, False, False]
+
+
+def test_pair_token_lists_match_encode():
+    tok = make_tokenizer()
+    rows = [ROW, STEP, {"prompt": [{"role": "user", "content": "hi hi hi hi hello"}], "chosen": "good good bad",
+                        "rejected": "no"}]
+    kw = dict(max_prompt_length=6, max_completion_length=2)
+    lists = tokenize.pair_token_lists(rows, tok, **kw)
+    arrays = tokenize.encode(rows, "paired", tok, **kw)
+    for i, (prompt, chosen, rejected) in enumerate(lists):
+        for side, comp in (("chosen", chosen), ("rejected", rejected)):
+            ids, mask = arrays[f"{side}_ids"][i], arrays[f"{side}_mask"][i]
+            assert ids[: len(prompt)].tolist() == prompt and ids[mask].tolist() == comp
+            assert len(prompt) + len(comp) == int((ids != tok.pad_token_id).sum())
+    assert lists[1][0][-2:] == ids_of(tok, "hi hello") and len(lists[2][0]) == 6 and len(lists[2][1]) == 2
+    assert packing.pairs_from_arrays(arrays) == lists  # the two routes into the packer agree
+
+
+def test_step_rows_from_formats_encode():
+    from pojax.data import formats
+
+    row = formats.normalize({"prompt": "2+2?", "prefix": "hi hello", "chosen_step": "4", "rejected_step": "5"},
+                            "step", "steps.jsonl", 0)
+    tok = make_tokenizer()
+    got = tokenize.encode([row], "step", tok, max_prompt_length=12, max_completion_length=4)
+    want = tokenize.encode([STEP], "step", tok, max_prompt_length=12, max_completion_length=4)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])

@@ -1,8 +1,11 @@
 """Run helpers for trainer tests: configs, subprocess runs, metrics files."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,6 +20,9 @@ def quick_config(**overrides):
     config = module.get_config()
     config.logging.progress = False
     for key, value in overrides.items():
+        if "." not in key:
+            config[key] = value
+            continue
         section, field = key.split(".", 1)
         if "." in field:
             sub, field = field.split(".")
@@ -51,3 +57,26 @@ def read_jsonl(path):
 
 def losses(workdir, name="metrics.jsonl"):
     return [r["loss"] for r in read_jsonl(os.path.join(workdir, name))]
+
+
+def rows(kind, n=24):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": " ".join(rng.choice(["hi", "name", "a", "color", "2+2?"], 3))}]
+        if kind == "paired":
+            out.append({"prompt": prompt, "chosen": "good yes", "rejected": "bad no go away"})
+        else:
+            out.append({"prompt": prompt, "completion": "good yes" if i % 2 else "bad no", "label": bool(i % 2)})
+    return out
+
+
+def recipe(name, **overrides):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config

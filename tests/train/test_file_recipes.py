@@ -1,53 +1,18 @@
 """configs/dpo.py and configs/kto.py on a Hugging Face model directory (a tiny random Llama plus
 a word-level tokenizer with a chat template, saved in the upstream layout) and JSONL rows in
 TRL's columns: 2 steps each, starting at the reference loss, with a held-out evaluation."""
-import importlib.util
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from pojax.config import validate
 from pojax.train.run import run_train
-from tests.data.tokenizer_fixture import WORDS, make_tokenizer
-from tests.train.helpers import ROOT, read_jsonl
-
-
-def recipe(name, **overrides):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    return config
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hf_llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
-    make_tokenizer(path)
-    return str(path)
-
-
-def rows(kind, n=24):
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        prompt = [{"role": "user", "content": " ".join(rng.choice(["hi", "name", "a", "color", "2+2?"], 3))}]
-        if kind == "paired":
-            out.append({"prompt": prompt, "chosen": "good yes", "rejected": "bad no go away"})
-        else:
-            out.append({"prompt": prompt, "completion": "good yes" if i % 2 else "bad no", "label": bool(i % 2)})
-    return out
+from tests.data.tokenizer_fixture import WORDS
+from tests.train.helpers import read_jsonl, recipe, rows
 
 
 SMALL = {"model.dtype": "float32", "train.max_steps": 2, "train.batch_size": 8, "eval.num_examples": 8,
@@ -65,9 +30,9 @@ def test_recipe_runs_two_steps_on_hf_model_and_jsonl(hf_dir, tmp_path, name, kin
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     np.testing.assert_allclose(metrics[0]["loss"], first_loss, atol=1e-5)
-    assert results["num_eval_examples"] == 8 and "eval/loss" in results
+    assert results["eval_num_examples"] == 8 and "eval_loss" in results
     if kind == "paired":
-        assert "eval/rewards/accuracies" in results
+        assert "eval_rewards/accuracies" in results
     # the final policy is a Hugging Face checkpoint (weights + tokenizer) that transformers loads
     final = tmp_path / "run" / "final"
     hf = LlamaForCausalLM.from_pretrained(final).eval()

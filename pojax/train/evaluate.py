@@ -1,0 +1,77 @@
+"""Evaluation of a policy: preference metrics on held-out rows (TRL's ``eval_*`` names), the
+gym's gold-reward win rate, and reference log-probs computed once for ``reference.mode =
+"precomputed"``."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pojax.config import loss_hparams
+from pojax.data import gym as gym_lib
+from pojax.models.lora import without_adapters
+from pojax.objectives import pair_logps, preference_loss, unpaired_logps
+from pojax.sampling import generate
+
+
+def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int) -> dict:
+    """The reference's per-sequence log-likelihoods of every row, computed once in batches:
+    {ref_chosen, ref_rejected} [N] for paired rows, {ref_logps, ref_kl} [N] for unpaired ones."""
+    n = len(next(iter(rows.values())))
+    unpaired = "label" in rows
+    fn = nnx.jit(lambda ref, b: (unpaired_logps if unpaired else pair_logps)(ref, None, b, chunk_size=chunk_size))
+    names = ("ref_logps", "ref_kl") if unpaired else ("ref_chosen", "ref_rejected")
+    outs = {k: [] for k in names}
+    for start in range(0, n, batch_size):
+        lp = fn(reference, {k: v[start:start + batch_size] for k, v in rows.items()})
+        values = (lp.completion, lp.kl) if unpaired else (lp.chosen, lp.rejected)
+        for k, v in zip(names, values):
+            outs[k].append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def preference_eval(policy, reference, rows: dict, config, *, loss_state=None, lora_base: bool = False) -> dict:
+    """Mean loss and TRL metrics of ``policy`` on ``rows`` (example-weighted over batches), as
+    TRL's evaluation names them: eval_loss, eval_rewards/accuracies, ...
+
+    The reference is a model, or None when the rows carry precomputed reference log-probs or the
+    loss is reference-free; ``lora_base`` uses the policy with its adapters off. BCO's running δ
+    (``loss_state``) is the one the training reached."""
+    name, hparams, chunk = config.loss.name, loss_hparams(config), config.likelihood.chunk_size
+
+    @nnx.jit
+    def fn(p, r, b):
+        ref = without_adapters(p) if lora_base else r
+        loss, metrics, _ = preference_loss(p, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=loss_state)
+        return loss, metrics
+
+    n, bs = len(next(iter(rows.values()))), config.train.batch_size
+    totals, count = {}, 0
+    for start in range(0, n, bs):
+        b = {k: jnp.asarray(v[start:start + bs]) for k, v in rows.items()}
+        m = len(next(iter(b.values())))
+        loss, metrics = fn(policy, reference, b)
+        for k, v in dict(jax.device_get(metrics), loss=loss).items():
+            totals[k] = totals.get(k, 0.0) + float(v) * m
+        count += m
+    return {f"eval_{k}": v / count for k, v in totals.items()} | {"eval_num_examples": count}
+
+
+def gold_eval(gym: gym_lib.Gym, policy, before, config) -> dict:
+    """Gold reward of sampled responses: ``policy`` vs ``before`` on the same held-out prompts,
+    ``eval.num_samples`` samples each; a prompt is a win when its mean gold reward is higher
+    (ties count ½)."""
+    n, k = config.data.gym.num_eval, config.eval.num_samples
+    prompts = gym.prompts(np.random.default_rng([config.train.seed, 7]), n)
+    rows = np.concatenate([np.full((n, 1), gym_lib.BOS), prompts, np.full((n, 1), gym_lib.SEP)], 1).astype(np.int32)
+    rows = np.repeat(rows, k, axis=0)
+    rewards = {}
+    for name, model in (("after", policy), ("before", before)):
+        key = jax.random.key(config.train.seed + 11)
+        out = np.asarray(generate(model, jnp.asarray(rows), key, max_new_tokens=gym.response_len,
+                                  temperature=config.eval.temperature))
+        rewards[name] = gym.gold_reward(np.repeat(prompts, k, 0), out).reshape(n, k).mean(1)
+    a, b = rewards["after"], rewards["before"]
+    return {"gold_win_rate": float(np.mean((a > b) + 0.5 * (a == b))), "gold_reward_before": float(b.mean()),
+            "gold_reward_after": float(a.mean()), "num_eval_prompts": n, "samples_per_prompt": k}
