@@ -11,7 +11,7 @@ from ml_collections import config_dict
 from pojax import losses
 
 TASKS = ("sft", "pretrain", "train", "eval", "sample", "export", "diffpo")
-DATA_FORMATS = ("paired", "unpaired", "ranked", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
+DATA_FORMATS = ("paired", "unpaired", "ranked", "step", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
 LIKELIHOODS = ("autoregressive", "diffusion")
 REFERENCE_MODES = ("copy", "precomputed", "lora_base", "none")
 UNPAIRED_LOSSES = ("kto", "apo_zero_unpaired", "bco")
@@ -52,15 +52,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_kv_heads = 2  # K (GQA groups)
     c.model.intermediate_size = 128  # F, SwiGLU width
     c.model.dtype = "float32"  # float32 | bfloat16: compute dtype (trained parameters stay float32)
+    c.model.scan_layers = False  # stack the layers under nnx.scan (compile time independent of depth)
+    c.model.remat = "none"  # per-layer rematerialization: none | full | dots (pojax.models.config.REMAT_POLICIES)
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # file or dir in its upstream layout; "" for the built-in gym
-    c.data.format = "gym"  # paired | unpaired | ranked | hh_rlhf | ultrafeedback_binarized | kto_mix | gym
+    c.data.format = "gym"  # paired | unpaired | ranked | step | hh_rlhf | ultrafeedback_binarized | kto_mix | gym
     c.data.max_prompt_length = 32  # tokens, prompts are truncated from the left
     c.data.max_completion_length = 32  # tokens, completions are truncated from the right
-    c.data.packing = False  # pack pairs into fixed rows with segment ids
+    c.data.packing = False  # pack pairs into fixed rows with segment ids (then train.batch_size counts rows)
+    c.data.packed_length = 0  # tokens per packed row; 0 = twice the unpacked row width
+    c.data.max_segments = 8  # sequences per packed row (2 per pair)
     c.data.chat_template = "auto"  # auto | yes | no: format prompts with the tokenizer's chat template
     c.data.tokenizer = ""  # tokenizer dir; "" = model.path
+    c.data.tfds_dir = ""  # where upstream layouts are prepared as array_record; "" = ~/tensorflow_datasets
     c.data.skip_bad_rows = False  # skip (and count) invalid rows instead of stopping at the first
     c.data.gym = ml_collections.ConfigDict()  # the built-in gold-reward gym (data.format = "gym")
     c.data.gym.num_symbols = 16  # symbols of the gym's alphabet
@@ -173,6 +178,21 @@ def validate_loss(config) -> None:
         raise ConfigError("reference.mode", f"'none', but loss {name!r} needs reference log-probs")
 
 
+def _validate_packing(config) -> None:
+    from pojax.objectives.packed import check_packable
+
+    if config.loss.name in UNPAIRED_LOSSES or config.data.format in ("unpaired", "kto_mix", "ranked"):
+        raise ConfigError("data.packing", "packing serves paired data and losses only; set data.packing=False")
+    if config.task != "train":
+        raise ConfigError("data.packing", f"task {config.task!r} reads unpacked rows; set data.packing=False")
+    if config.data.max_segments < 2 or config.data.max_segments % 2:
+        raise ConfigError("data.max_segments", f"must be an even number >= 2, got {config.data.max_segments}")
+    try:
+        check_packable(config.loss.name, loss_hparams(config))
+    except ValueError as e:
+        raise ConfigError("data.packing", str(e).removeprefix("data.packing: ")) from None
+
+
 def validate(config) -> None:
     """Raises ConfigError for the first bad key of a run config."""
     _one_of(config, "task", TASKS)
@@ -180,6 +200,9 @@ def validate(config) -> None:
     _one_of(config, "likelihood.kind", LIKELIHOODS)
     _one_of(config, "reference.mode", REFERENCE_MODES)
     _one_of(config, "checkpoint.best_mode", ("min", "max"))
+    from pojax.models.config import REMAT_POLICIES
+
+    _one_of(config, "model.remat", REMAT_POLICIES)
     _one_of(config, "export.checkpoint", ("latest", "best"))
     _one_of(config, "export.stage", ("", "train", "sft"))
     if config.checkpoint.best_metric and not config.checkpoint.best_metric.startswith("eval_"):
@@ -203,11 +226,14 @@ def validate(config) -> None:
         if config.likelihood.kind != "autoregressive":
             raise ConfigError("likelihood.kind", f"{config.likelihood.kind!r}: training with diffusion ELBOs is not implemented yet")
         if config.data.packing:
-            raise ConfigError("data.packing", "packing is not implemented yet; set it to False")
+            _validate_packing(config)
         if config.reference.mode == "precomputed" and config.loss.get("ld_alpha") is not None:
             raise ConfigError("loss.ld_alpha", "LD-DPO with reference.mode='precomputed' is not supported yet "
                               "(the stored reference sums are not length-desensitized); use reference.mode='copy'")
     unpaired = config.data.format in ("unpaired", "kto_mix")
+    if config.data.format == "ranked" and config.task in ("train", "sft", "eval"):
+        raise ConfigError("data.format", "'ranked' data has no listwise loss to train with yet (paired, unpaired, "
+                          "step, hh_rlhf, ultrafeedback_binarized, kto_mix or gym)")
     gym = config.data.format == "gym"  # the gym serves paired and unpaired sets alike
     if not gym and unpaired != (config.loss.name in UNPAIRED_LOSSES) and config.task == "train":
         kind = "unpaired" if unpaired else "paired"

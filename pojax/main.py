@@ -65,9 +65,11 @@ def main(argv) -> int:
         logging.warning("config is valid; task %r is not implemented yet, so nothing was run", config.task)
         print(f"pojax: config valid; task {config.task!r} is not implemented yet (see the issue tracker)")
         return 0
+    from pojax.data.formats import DataError
+
     try:
         runner(config, workdir)
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:  # bad config or bad data: one line naming key / file, row, field
         print(f"pojax: {e}", file=sys.stderr)
         return 2
     return 0

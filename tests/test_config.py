@@ -89,7 +89,7 @@ def test_paired_and_unpaired_must_match():
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("likelihood.kind", "diffusion", "config key likelihood.kind: 'diffusion': training with diffusion ELBOs is not implemented yet"),
-    ("data.packing", True, "config key data.packing: packing is not implemented yet"),
+    ("data.format", "ranked", "config key data.format: 'ranked' data has no listwise loss to train with yet"),
 ])
 def test_unimplemented_training_switches_are_refused(key, value, message):
     config = base_config()

@@ -47,3 +47,16 @@ def test_bad_value_type_is_one_line():
 def test_missing_config_flag():
     proc = run()
     assert proc.returncode == 2 and "--config is required" in proc.stderr
+
+
+def test_bad_data_row_is_one_line_naming_file_row_and_field(tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "hi", "chosen": "a"}\n')
+    from tests.data.tokenizer_fixture import make_tokenizer
+
+    make_tokenizer(tmp_path / "tok")
+    proc = run("--config=configs/dpo.py", f"--workdir={tmp_path / 'run'}", f"--config.data.path={data}",
+               f"--config.data.tokenizer={tmp_path / 'tok'}", "--config.model.path=", "--config.logging.progress=False")
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("pojax:")]
+    assert lines == [f"pojax: {data}: row 1: field 'rejected': missing"], proc.stderr[-2000:]

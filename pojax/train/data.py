@@ -1,8 +1,11 @@
-"""Training data of a run: the built-in gym or preference files tokenized with the model's
-tokenizer, as in-memory arrays (SFT rows, preference rows, held-out rows)."""
+"""Training data of a run: the built-in gym, or preference files (pojax's formats, or the
+upstream layouts of HH-RLHF, UltraFeedback-binarized and kto-mix through their TFDS builders)
+tokenized with the model's tokenizer, as in-memory arrays (SFT rows, preference rows, held-out
+rows) that the grain pipeline batches."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 from absl import logging
@@ -12,8 +15,12 @@ from pojax.data import formats, tokenize
 from pojax.data import gym as gym_lib
 from pojax.data.pipeline import split_eval
 
-# data.format -> the row format of pojax.data.formats
-FILE_FORMATS = {"paired": "paired", "ultrafeedback_binarized": "paired", "unpaired": "unpaired", "kto_mix": "unpaired"}
+# data.format -> how its rows are tokenized (pojax.data.tokenize.encode)
+FILE_FORMATS = {"paired": "paired", "step": "step", "hh_rlhf": "paired", "ultrafeedback_binarized": "paired",
+                "unpaired": "unpaired", "kto_mix": "unpaired"}
+# upstream dataset layouts, prepared by their TFDS builders: data.format -> (train split, test split)
+UPSTREAM_SPLITS = {"hh_rlhf": ("train", "test"), "ultrafeedback_binarized": ("train_prefs", "test_prefs"),
+                   "kto_mix": ("train", "test")}
 
 
 @dataclasses.dataclass
@@ -44,34 +51,74 @@ def gym_data(config) -> RunData:
     return RunData(gym.vocab_size, sft, _with_kl(pref), None if held is None else _with_kl(held), gym)
 
 
-def _file_arrays(config, tokenizer) -> tuple[str, dict]:
-    """(row format, tokenized arrays of every row of data.path)."""
-    fmt = FILE_FORMATS.get(config.data.format)
-    if fmt is None:
-        raise ConfigError("data.format", f"{config.data.format!r} files cannot be read yet; use one of "
+def _tfds_dir(config) -> str:
+    return os.path.expanduser(config.data.tfds_dir or os.path.join("~", "tensorflow_datasets"))
+
+
+def _read(config) -> tuple[list[dict], list[dict] | None]:
+    """(training rows, the upstream test split's rows or None), normalized (pojax.data.formats).
+    Upstream layouts go through their TFDS builder (array_record under data.tfds_dir, prepared
+    once); pojax's own formats are read straight from the file or directory."""
+    fmt = config.data.format
+    if fmt not in FILE_FORMATS:
+        raise ConfigError("data.format", f"{fmt!r} files cannot be trained on yet; use one of "
                           f"{', '.join(FILE_FORMATS)} (or gym)")
     if not config.data.path:
-        raise ConfigError("data.path", f"data.format={config.data.format!r} needs a file or directory")
-    rows = formats.load(config.data.path, fmt, skip_bad_rows=config.data.skip_bad_rows)
+        raise ConfigError("data.path", f"data.format={fmt!r} needs a file or directory")
+    if fmt not in UPSTREAM_SPLITS:
+        return formats.load(config.data.path, fmt, skip_bad_rows=config.data.skip_bad_rows), None
+    from pojax.data import builders  # TFDS is imported only for upstream layouts
+
+    if not os.path.exists(config.data.path):
+        raise formats.DataError(config.data.path, 0, "-", "no such file or directory")
+    splits = builders.prepare(fmt, config.data.path, _tfds_dir(config), skip_bad_rows=config.data.skip_bad_rows)
+    train_split, test_split = UPSTREAM_SPLITS[fmt]
+    if train_split not in splits:
+        raise formats.DataError(config.data.path, 0, "-", f"no {train_split!r} split found in the {fmt} layout")
+    read = lambda src: [src[i] for i in range(len(src))]
+    return read(splits[train_split]), read(splits[test_split]) if test_split in splits else None
+
+
+def _encode(rows: list[dict], config, tokenizer) -> dict:
     try:
-        arrays = tokenize.encode(rows, fmt, tokenizer, max_prompt_length=config.data.max_prompt_length,
-                                 max_completion_length=config.data.max_completion_length,
-                                 chat_template=config.data.chat_template)
+        return tokenize.encode(rows, FILE_FORMATS[config.data.format], tokenizer,
+                               max_prompt_length=config.data.max_prompt_length,
+                               max_completion_length=config.data.max_completion_length,
+                               chat_template=config.data.chat_template)
     except ValueError as e:
         raise ConfigError("data.chat_template", str(e)) from None
-    return fmt, arrays
+
+
+def _file_arrays(config, tokenizer) -> tuple[str, dict, dict | None]:
+    """(row format, tokenized training rows, tokenized upstream test rows or None)."""
+    train, test = _read(config)
+    return FILE_FORMATS[config.data.format], _encode(train, config, tokenizer), (
+        None if test is None else _encode(test, config, tokenizer))
 
 
 def _sft_rows(fmt: str, rows: dict) -> dict:
     """SFT rows of preference data: the chosen completions (paired) or the desirable ones."""
-    if fmt == "paired":
+    if fmt in ("paired", "step"):
         return {"input_ids": rows["chosen_ids"], "completion_mask": rows["chosen_mask"]}
     keep = rows["label"]
     return {"input_ids": rows["input_ids"][keep], "completion_mask": rows["completion_mask"][keep]}
 
 
+def _subset(rows: dict, n: int, seed: int) -> dict:
+    """A seeded random subset of ``n`` rows (all of them when there are fewer)."""
+    total = len(next(iter(rows.values())))
+    keep = np.sort(np.random.default_rng([seed, 6]).permutation(total)[:n])
+    return {k: v[keep] for k, v in rows.items()}
+
+
 def file_data(config, tokenizer) -> RunData:
-    fmt, arrays = _file_arrays(config, tokenizer)
+    """Training rows of data.path; held out: eval.num_examples rows of the upstream test split
+    when the layout has one, else a seeded random subset of the file's rows."""
+    fmt, arrays, test = _file_arrays(config, tokenizer)
+    sft = _sft_rows(fmt, arrays) if config.train.sft_steps > 0 else None
+    if test is not None:
+        held = _subset(test, config.eval.num_examples, config.train.seed) if config.eval.num_examples > 0 else None
+        return RunData(None, sft, _with_kl(arrays), None if held is None else _with_kl(held))
     order = np.random.default_rng([config.train.seed, 5]).permutation(len(next(iter(arrays.values()))))
     train, held = split_eval({k: v[order] for k, v in arrays.items()}, config.eval.num_examples)
     if held is None and config.eval.num_examples > 0:
@@ -83,9 +130,9 @@ def file_data(config, tokenizer) -> RunData:
 
 
 def eval_data(config, tokenizer) -> RunData:
-    """Every row of data.path as evaluation rows (task = "eval")."""
-    _, arrays = _file_arrays(config, tokenizer)
-    return RunData(None, None, {}, _with_kl(arrays))
+    """Evaluation rows (task = "eval"): the upstream test split, or every row of data.path."""
+    _, arrays, test = _file_arrays(config, tokenizer)
+    return RunData(None, None, {}, _with_kl(arrays if test is None else test))
 
 
 def sft_data(config, tokenizer) -> RunData:
@@ -95,8 +142,26 @@ def sft_data(config, tokenizer) -> RunData:
         gym = gym_lib.from_config(config)
         return RunData(gym.vocab_size, gym_lib.training_rows(gym, "sft", config.train.seed, config.data.gym.num_train),
                        {}, None, gym)
-    fmt, arrays = _file_arrays(config, tokenizer)
+    fmt, arrays, _ = _file_arrays(config, tokenizer)
     rows = _sft_rows(fmt, arrays)
     if not len(rows["input_ids"]):
         raise ConfigError("data.path", f"{config.data.path}: no desirable (label = true) rows to fine-tune on")
     return RunData(None, rows, {}, None)
+
+
+def packed(rows: dict, config, rows_per_batch: int) -> tuple[dict, float]:
+    """Paired rows packed into batches of ``rows_per_batch`` rows of data.packed_length tokens
+    (pojax.data.packing), stacked: {key: [num_batches, ...]}, and the packing efficiency
+    (non-padding tokens / all tokens). Precomputed reference sums travel as per-pair extras."""
+    from pojax.data import packing
+
+    width = rows["chosen_ids"].shape[1]
+    length = config.data.packed_length or 2 * width
+    extras = {k: rows[k] for k in ("ref_chosen", "ref_rejected") if k in rows} or None
+    try:
+        batches, efficiency = packing.pack_dataset(packing.pairs_from_arrays(rows), num_rows=rows_per_batch,
+                                                   row_length=length, max_segments=config.data.max_segments,
+                                                   extras=extras)
+    except packing.PackingError as e:
+        raise ConfigError("data.packed_length", str(e)) from None
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}, efficiency

@@ -31,31 +31,42 @@ def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int) 
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def preference_eval(policy, reference, rows: dict, config, *, loss_state=None, lora_base: bool = False) -> dict:
-    """Mean loss and TRL metrics of ``policy`` on ``rows`` (example-weighted over batches), as
-    TRL's evaluation names them: eval_loss, eval_rewards/accuracies, ...
+def preference_evaluator(config, *, lora_base: bool = False):
+    """``evaluate(policy, reference, rows, loss_state=None) -> {eval_*: value}``: mean loss and
+    TRL metrics of ``policy`` on ``rows`` (example-weighted over batches of the micro-batch
+    size), as TRL's evaluation names them: eval_loss, eval_rewards/accuracies, ... One jitted
+    program serves every call.
 
     The reference is a model, or None when the rows carry precomputed reference log-probs or the
     loss is reference-free; ``lora_base`` uses the policy with its adapters off. BCO's running δ
     (``loss_state``) is the one the training reached."""
     name, hparams, chunk = config.loss.name, loss_hparams(config), config.likelihood.chunk_size
+    bs = max(config.train.batch_size // config.train.grad_accum_steps, 1)
 
     @nnx.jit
-    def fn(p, r, b):
+    def fn(p, r, b, loss_state):
         ref = without_adapters(p) if lora_base else r
         loss, metrics, _ = preference_loss(p, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=loss_state)
         return loss, metrics
 
-    n, bs = len(next(iter(rows.values()))), config.train.batch_size
-    totals, count = {}, 0
-    for start in range(0, n, bs):
-        b = {k: jnp.asarray(v[start:start + bs]) for k, v in rows.items()}
-        m = len(next(iter(b.values())))
-        loss, metrics = fn(policy, reference, b)
-        for k, v in dict(jax.device_get(metrics), loss=loss).items():
-            totals[k] = totals.get(k, 0.0) + float(v) * m
-        count += m
-    return {f"eval_{k}": v / count for k, v in totals.items()} | {"eval_num_examples": count}
+    def evaluate(policy, reference, rows: dict, loss_state=None) -> dict:
+        n = len(next(iter(rows.values())))
+        totals, count = {}, 0
+        for start in range(0, n, bs):
+            b = {k: jnp.asarray(v[start:start + bs]) for k, v in rows.items()}
+            m = len(next(iter(b.values())))
+            loss, metrics = fn(policy, reference, b, loss_state)
+            for k, v in dict(jax.device_get(metrics), loss=loss).items():
+                totals[k] = totals.get(k, 0.0) + float(v) * m
+            count += m
+        return {f"eval_{k}": v / count for k, v in totals.items()} | {"eval_num_examples": count}
+
+    return evaluate
+
+
+def preference_eval(policy, reference, rows: dict, config, *, loss_state=None, lora_base: bool = False) -> dict:
+    """One evaluation with ``preference_evaluator`` (see there)."""
+    return preference_evaluator(config, lora_base=lora_base)(policy, reference, rows, loss_state)
 
 
 def gold_eval(gym: gym_lib.Gym, policy, before, config) -> dict:

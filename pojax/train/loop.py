@@ -62,7 +62,8 @@ class _Mean:
 def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx, workdir: str,
               config, mesh, rules, trainable=nnx.Param, reference=None, loss_state=None, metrics_file="metrics.jsonl",
               eval_fn: Callable | None = None):
-    """Trains ``model`` in place for ``steps`` optimizer steps and returns (model, final TrainState).
+    """Trains ``model`` in place for ``steps`` optimizer steps and returns (model, final
+    TrainState, the last step's evaluation figures or None when no evaluation ran in this call).
 
     ``dataset`` is a grain pipeline (pojax.data.pipeline.make_dataset) of this host's
     micro-batches, read through a prefetching iterator whose position is saved in every
@@ -83,7 +84,9 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
     ref_graphdef, ref_state = (None, None) if reference is None else nnx.split(reference)
 
     def obj(m, batch, ls, ref_state):
-        ref = None if ref_state is None else nnx.merge(ref_graphdef, ref_state)
+        # fresh arrays at this trace level: merging the jit-level reference variables inside
+        # value_and_grad would hand nnx.scan (scan_layers) variables of an outer trace
+        ref = None if ref_state is None else nnx.merge(ref_graphdef, jax.tree.map(lambda x: x, ref_state))
         return objective(m, ref, batch, ls)
 
     step_fn = make_train_step(graphdef, obj, tx)
@@ -111,7 +114,7 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
                                                     keep=config.checkpoint.keep_best, best_metric=best_metric,
                                                     best_mode=config.checkpoint.best_mode)
     writer = MetricsWriter(workdir, metrics_file, tensorboard=name)
-    start = 0
+    start, eval_metrics = 0, None
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state, data_iter=data_iter)
         state = jax.device_put(state, state_sh)
@@ -153,4 +156,4 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
     if best is not None:
         best.close()
     nnx.update(model, state.params)
-    return model, state
+    return model, state, eval_metrics

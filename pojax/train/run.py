@@ -19,10 +19,10 @@ from pojax.config import ConfigError, loss_hparams
 from pojax.data.pipeline import ArraySource, make_dataset
 from pojax.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
-from pojax.objectives import preference_loss, sft_loss
-from pojax.train.evaluate import gold_eval, preference_eval, reference_logps
+from pojax.objectives import packed_preference_loss, preference_loss, sft_loss
+from pojax.train.evaluate import gold_eval, preference_evaluator, reference_logps
 from pojax.train import metrics as metrics_lib
-from pojax.train.data import file_data, gym_data
+from pojax.train.data import file_data, gym_data, packed
 from pojax.train.loop import run_stage
 from pojax.train.optim import make_optimizer
 
@@ -32,14 +32,15 @@ def build_model(config, vocab_size: int | None, mesh=None, rules=None):
     update vanishes in bfloat16) and ``model.dtype`` is the compute dtype. A checkpoint is read
     straight into its shards; a random model is created, then sharded."""
     m = config.model
+    layout = dict(scan_layers=m.scan_layers, remat=m.remat)
     if m.path:
-        return from_pretrained(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32, mesh=mesh, rules=rules)
+        return from_pretrained(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32, mesh=mesh, rules=rules, **layout)
     if vocab_size is None:
         raise ConfigError("model.path", "training on files needs a Hugging Face model directory (model and tokenizer)")
     mc = ModelConfig(model_type=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
                      intermediate_size=m.intermediate_size, num_hidden_layers=m.num_layers,
                      num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
-                     dtype=m.dtype, param_dtype="float32", max_position_embeddings=4096)
+                     dtype=m.dtype, param_dtype="float32", max_position_embeddings=4096, **layout)
     model = CausalLM(mc, rngs=nnx.Rngs(config.train.seed))
     return model if mesh is None else sharding.shard_module(model, mesh, rules)
 
@@ -76,7 +77,7 @@ def sft_stage(model, rows: dict, config, workdir: str, mesh, rules, *, steps: in
     with sft_config.unlocked():
         sft_config.optimizer.learning_rate = learning_rate
     chunk, bs, seed = config.likelihood.chunk_size, check_batch(config), config.train.seed
-    model, _ = run_stage(
+    model, _, _ = run_stage(
         "sft", model, objective=lambda m, ref, b, ls: (*sft_loss(m, b, chunk_size=chunk), ls),
         dataset=make_dataset(ArraySource(rows), batch_size=bs, seed=seed + 1), steps=steps, tx=make_optimizer(sft_config, steps),
         workdir=workdir, config=config, mesh=mesh, rules=rules, metrics_file="metrics_sft.jsonl")
@@ -98,6 +99,23 @@ def write_plots(workdir: str) -> None:
     if sft_rows:
         metrics_lib.write_plots([{"step": r["step"], "sft_loss": r["loss"]} for r in sft_rows], plots,
                                 extra={"sft_loss": ("sft_loss",)})
+
+
+def packed_dataset(rows: dict, config, rows_per_batch: int, seed: int):
+    """(grain dataset of packed micro-batches of ``rows_per_batch`` rows per host, packing
+    efficiency). Batches are shuffled whole; each host takes its own, and its pair_row indices
+    are offset to its rows of the global batch."""
+    stacked, efficiency = packed(rows, config, rows_per_batch)
+    hosts, host = jax.process_count(), jax.process_index()
+    logging.info("packing: %d batches of %d rows x %d tokens, efficiency %.3f", len(stacked["input_ids"]),
+                 rows_per_batch, stacked["input_ids"].shape[-1], efficiency)
+
+    def one_batch(b):  # [1, ...] per host → [...], with global row indices
+        b = {k: v[0] for k, v in b.items()}
+        b["pair_row"] = b["pair_row"] + host * rows_per_batch
+        return b
+
+    return make_dataset(ArraySource(stacked), batch_size=hosts, seed=seed).map(one_batch), efficiency
 
 
 def run_train(config, workdir: str | None) -> dict:
@@ -132,30 +150,38 @@ def run_train(config, workdir: str | None) -> dict:
         before = _copy(model) if gym else None
     hparams, name = loss_hparams(config), config.loss.name
 
+    loss_fn = packed_preference_loss if config.data.packing else preference_loss
+
     def objective(m, ref, b, ls):
         if mode == "lora_base":
             ref = without_adapters(m)
-        return preference_loss(m, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=ls)
+        return loss_fn(m, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=ls)
+
+    evaluator = preference_evaluator(config, lora_base=mode == "lora_base")
 
     def eval_fn(policy, loss_state):
-        return preference_eval(policy, reference, held, config, loss_state=loss_state, lora_base=mode == "lora_base")
+        return evaluator(policy, reference, held, loss_state)
 
     loss_state = None
     if name == "bco":
         from pojax.losses import BCOState
 
         loss_state = BCOState()
-    model, state = run_stage(
-        "train", model, objective=objective, dataset=make_dataset(ArraySource(rows), batch_size=bs, seed=seed + 4),
+    results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps}
+    if config.data.packing:
+        dataset, results["packing_efficiency"] = packed_dataset(rows, config, bs, seed + 4)
+    else:
+        dataset = make_dataset(ArraySource(rows), batch_size=bs, seed=seed + 4)
+    model, state, last_eval = run_stage(
+        "train", model, objective=objective, dataset=dataset,
         steps=config.train.max_steps, tx=make_optimizer(config, config.train.max_steps), workdir=workdir,
         config=config, mesh=mesh, rules=rules, trainable=trainable, reference=reference, loss_state=loss_state,
         eval_fn=None if held is None else eval_fn)
 
     if config.train.export_final:
         export(model, config, os.path.join(workdir, "final"), lora=mode == "lora_base")
-    results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps}
-    if held is not None:
-        results.update(eval_fn(model, state.loss_state))
+    if held is not None:  # the last step's evaluation, unless this call resumed a finished stage
+        results.update(last_eval or eval_fn(model, state.loss_state))
     if gym:
         start = without_adapters(model) if mode == "lora_base" else before
         results.update(gold_eval(data.gym, model, start, config))

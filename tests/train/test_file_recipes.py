@@ -49,8 +49,27 @@ def test_recipe_runs_two_steps_on_hf_model_and_jsonl(hf_dir, tmp_path, name, kin
 
 def test_file_data_errors(hf_dir, tmp_path):
     from pojax.config import ConfigError
+    from pojax.data.formats import DataError
 
     with pytest.raises(ConfigError, match="config key data.path"):
         run_train(recipe("dpo", **SMALL, **{"model.path": hf_dir}), str(tmp_path))
-    with pytest.raises(ConfigError, match="config key data.format: 'hh_rlhf' files cannot be read yet"):
-        run_train(recipe("dpo", **SMALL, **{"model.path": hf_dir, "data.format": "hh_rlhf", "data.path": "x"}), str(tmp_path))
+    with pytest.raises(ConfigError, match="config key data.format: 'ranked' files cannot be trained on yet"):
+        run_train(recipe("dpo", **SMALL, **{"model.path": hf_dir, "data.format": "ranked", "data.path": "x"}), str(tmp_path))
+    with pytest.raises(DataError, match="missing_dir: row 0: field '-': no such file or directory"):
+        run_train(recipe("dpo", **SMALL, **{"model.path": hf_dir, "data.format": "hh_rlhf",
+                                            "data.path": str(tmp_path / "missing_dir")}), str(tmp_path))
+
+
+def test_step_level_pairs_train_like_paired_rows(hf_dir, tmp_path):
+    """Step-level rows (shared prefix + chosen/rejected step) train as pairs whose prompt ends
+    with the prefix; the first loss is log 2."""
+    data = tmp_path / "steps.jsonl"
+    step_rows = [{"prompt": "2+2?", "prefix": "hi" if i % 2 else "", "chosen_step": "4", "rejected_step": "5 no"}
+                 for i in range(20)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in step_rows))
+    config = recipe("dpo", **SMALL, **{"model.path": hf_dir, "data.path": str(data), "data.format": "step",
+                                       "train.export_final": False})
+    validate(config)
+    run_train(config, str(tmp_path / "run"))
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    np.testing.assert_allclose(metrics[0]["loss"], math.log(2), atol=1e-5)
