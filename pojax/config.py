@@ -25,8 +25,11 @@ LOSS_HPARAMS = {
     "discopop_tau": float, "ld_alpha": float, "use_weighting": bool, "rpo_alpha": float,
     "loss_weights": tuple, "simpo_gamma": float, "cpo_alpha": float, "alpha": float,
     "asft_lambda": float, "desirable_weight": float, "undesirable_weight": float,
+    "beta_dpo_alpha": float, "beta_dpo_filter": bool, "beta_dpo_rho": float, "beta_dpo_momentum": float,
+    "madpo_c_max": float, "madpo_c_min": float, "madpo_lambda": float, "madpo_tau": float,
+    "tdpo_alpha": float, "tgdpo_alpha": float,
 }
-RUNTIME_LOSS_ARGS = ("state",)
+RUNTIME_LOSS_ARGS = losses.RUNTIME_ARGS  # per-batch inputs of a loss (state, keys, data columns), not config keys
 
 
 class ConfigError(ValueError):
@@ -135,6 +138,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.num_examples = 64  # held-out examples per evaluation
     c.eval.num_samples = 4  # sampled responses per prompt for gold-reward win rates
     c.eval.temperature = 1.0  # sampling temperature of those responses
+    c.eval.max_new_tokens = 256  # task = "eval": tokens generated per response (win rates, GSM8K, JSONL)
+    c.eval.prompts_path = ""  # task = "eval": prompts (a "prompt" column) for judged win rates vs reference.path
+    c.eval.judge_path = ""  # HF causal-LM dir of the pairwise judge
+    c.eval.judge_template = ""  # judge prompt with {instruction}, {output_1}, {output_2}; "" = pojax's default
+    c.eval.gsm8k_path = ""  # GSM8K rows (question, answer) for gsm8k_accuracy
+    c.eval.mmlu_path = ""  # MMLU rows (question, choices, answer) for mmlu_accuracy
+    c.eval.jsonl_path = ""  # generic rows (prompt, answer) for jsonl_accuracy (exact match)
 
     c.logging = ml_collections.ConfigDict()
     c.logging.every_steps = 1  # steps between metrics.jsonl lines
@@ -174,6 +184,13 @@ def validate_loss(config) -> None:
     for key in loss_hparams(config):
         if key not in accepted:
             raise ConfigError(f"loss.{key}", f"loss {name!r} has no hyperparameter {key!r}; it accepts: {', '.join(accepted)}")
+    if config.task in ("train", "eval"):
+        if losses.input_kind(name) == "ranked":
+            raise ConfigError("loss.name", f"{name!r} is a listwise loss: training on ranked batches is not wired "
+                              "into the trainer yet (call it on RankedLogps from your own code)")
+        if losses.needs_tokens(name) or name == "madpo":
+            why = "reward-model margins (reward_margin)" if name == "madpo" else "token-level extras (token KL / rewards)"
+            raise ConfigError("loss.name", f"{name!r} needs per-example {why} that the trainer does not compute yet")
     if config.reference.mode == "none" and losses.needs_reference(name):
         raise ConfigError("reference.mode", f"'none', but loss {name!r} needs reference log-probs")
 
@@ -208,6 +225,13 @@ def validate(config) -> None:
     if config.checkpoint.best_metric and not config.checkpoint.best_metric.startswith("eval_"):
         raise ConfigError("checkpoint.best_metric", f"{config.checkpoint.best_metric!r}: must be an evaluation metric "
                           "(eval_loss, eval_rewards/accuracies, ...)")
+    if config.eval.judge_template:
+        from pojax.eval.judge import check_template
+
+        try:
+            check_template(config.eval.judge_template)
+        except ValueError as e:
+            raise ConfigError("eval.judge_template", str(e).removeprefix("config key eval.judge_template: ")) from None
     gym_cfg = config.data.gym
     if config.data.format == "gym" and gym_cfg.response_len > gym_cfg.prompt_len:
         raise ConfigError("data.gym.response_len", f"{gym_cfg.response_len} exceeds data.gym.prompt_len="

@@ -112,3 +112,11 @@ def test_two_rest_axes_are_refused():
     config.mesh.fsdp = -1
     with pytest.raises(ConfigError, match="config key mesh: at most one axis may be -1"):
         validate(config)
+
+
+@pytest.mark.parametrize("name", ["plackett_luce", "lipo", "tdpo", "madpo"])
+def test_losses_the_trainer_cannot_feed_yet_are_refused_by_key(name):
+    config = base_config()
+    config.loss.name = name
+    with pytest.raises(ConfigError, match="config key loss.name"):
+        validate(config)

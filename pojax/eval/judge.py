@@ -34,6 +34,8 @@ def judge_margins(judge, tokenizer, instructions: list[str], outputs_a: list[str
     if not len(instructions) == len(outputs_a) == len(outputs_b):
         raise ValueError("judge: instructions, outputs_a and outputs_b need the same length")
     one, two = (tokenizer(f" {d}", add_special_tokens=False)["input_ids"][-1] for d in "12")
+    if one == two:
+        raise ValueError("judge: the judge's tokenizer maps '1' and '2' to the same token")
 
     def margin(first, second):
         texts = [fill(template, i, x, y) for i, x, y in zip(instructions, first, second)]
@@ -44,8 +46,9 @@ def judge_margins(judge, tokenizer, instructions: list[str], outputs_a: list[str
 
 
 def verdicts(margin_a_first, margin_b_first) -> np.ndarray:
-    """1 when both orders prefer a, 0 when both prefer b, 0.5 otherwise."""
-    return 0.5 * (np.asarray(margin_a_first) > 0) + 0.5 * (np.asarray(margin_b_first) < 0)
+    """1 when both orders prefer a, 0 when both prefer b, 0.5 otherwise (disagreement or a tie)."""
+    ab, ba = np.asarray(margin_a_first), np.asarray(margin_b_first)
+    return np.where((ab > 0) & (ba < 0), 1.0, np.where((ab < 0) & (ba > 0), 0.0, 0.5))
 
 
 def judge_preferences(judge, tokenizer, instructions: list[str], outputs_a: list[str], outputs_b: list[str], *,

@@ -2,7 +2,9 @@
 config (or its config.json) and exported back to one.
 
 Families (``model_type``): llama (2, 3, 3.1 rope scaling), mistral (sliding window),
-qwen2 / qwen2.5 (q/k/v bias, optional per-layer sliding window), qwen3 (q/k RMSNorm).
+qwen2 / qwen2.5 (q/k/v bias, optional per-layer sliding window), qwen3 (q/k RMSNorm), and the
+masked-diffusion LM llada (LLaDA's own config.json keys, read and written by ``_llada_fields`` and
+``_llada_hf_dict``; its network is pojax.models.llada.LLaDA).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "llada")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLS = ("xla", "jax")
@@ -42,6 +44,8 @@ class ModelConfig:
       remat: per-layer rematerialization policy, one of REMAT_POLICIES.
       attention_impl: "xla" (pojax's explicit-mask attention, float32 softmax) or "jax"
         (jax.nn.dot_product_attention, which may dispatch to cuDNN on GPU).
+      mask_token_id: the [MASK] token of a masked-diffusion LM (llada: required; 126336 for
+        LLaDA-8B); eos_token_id, pad_token_id: kept for llada's config.json round trip.
     """
 
     model_type: str = "llama"
@@ -68,6 +72,9 @@ class ModelConfig:
     scan_layers: bool = False
     remat: str = "none"
     attention_impl: str = "xla"
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -90,6 +97,20 @@ class ModelConfig:
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
+        if self.model_type == "llada":
+            self._check_llada()
+
+    def _check_llada(self):
+        """LLaDA's blocks: d_model split into heads, no sliding window, q/k norm or rope scaling."""
+        if self.mask_token_id is None:
+            raise ValueError("llada needs mask_token_id (the [MASK] token id; 126336 for LLaDA-8B)")
+        if not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(f"mask_token_id={self.mask_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        if self.head_dim * self.num_attention_heads != self.hidden_size:
+            raise ValueError(f"llada splits d_model={self.hidden_size} into {self.num_attention_heads} heads; "
+                             f"head_dim={self.head_dim} does not fit")
+        if self.sliding_window is not None or self.qk_norm or self.rope_scaling is not None or self.o_proj_bias or self.mlp_bias:
+            raise ValueError("llada has no sliding window, q/k norm, rope scaling, o_proj or mlp bias")
 
     @property
     def rope(self) -> dict:
@@ -113,6 +134,8 @@ class ModelConfig:
             raise ValueError(
                 f"unsupported model_type {model_type!r}; pojax supports {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        if model_type == "llada":
+            return cls(**{**_llada_fields(d), **overrides})
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
         rope.setdefault("rope_type", rope.pop("type", "default"))
@@ -167,6 +190,8 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The transformers config.json content for this architecture."""
+        if self.model_type == "llada":
+            return _llada_hf_dict(self)
         rope = {"rope_theta": self.rope_theta, **self.rope}
         d = dict(
             model_type=self.model_type,
@@ -202,5 +227,120 @@ class ModelConfig:
         """A transformers config object (AutoConfig.for_model) for this architecture."""
         from transformers import AutoConfig
 
+        if self.model_type == "llada":
+            raise ValueError("llada has no transformers config class (its code ships with the checkpoint); "
+                             "use to_hf_dict()")
         d = self.to_hf_dict()
         return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+# ---------------------------------------------------------------------------------------- llada
+# LLaDA's config.json (GSAI-ML/LLaDA-8B-*: configuration_llada.py, an OLMo-style config). Keys
+# absent from a config.json take the reference code's own defaults (its ModelConfig dataclass),
+# so pojax builds what the reference code would build from the same file. Ignored keys:
+# rope_full_precision (pojax's RoPE is float32 always), the dropouts (LLaDA-8B's are 0), init_*,
+# flash_attention, precision.
+_LLADA_DEFAULTS = {
+    "d_model": 768, "n_heads": 12, "n_kv_heads": None, "n_layers": 12, "mlp_ratio": 4, "mlp_hidden_size": None,
+    "multi_query_attention": None, "vocab_size": 50257, "embedding_size": 50304, "weight_tying": True,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_sequence_length": 1024, "include_qkv_bias": False,
+    "eos_token_id": 50256, "pad_token_id": 50256,
+}
+# Switches of the reference code that pojax's LLaDA does not implement, with the only value (or
+# values) accepted; "default" is the reference's value when the key is absent.
+_LLADA_FIXED = {
+    "block_type": (("llama",), "sequential"),  # separate q/k/v and ff_proj/up_proj (SwiGLU)
+    "activation_type": (("silu",), "swiglu"),  # silu(ff_proj(x)) * up_proj(x)
+    "layer_norm_type": (("rms",), "default"),
+    "layer_norm_with_affine": ((True,), True),
+    "rope": ((True,), False),
+    "alibi": ((False,), False),
+    "include_bias": ((False,), False),
+    "bias_for_layer_norm": ((False, None), None),
+    "attention_layer_norm": ((False,), False),
+    "input_emb_norm": ((False,), False),
+    "scale_logits": ((False,), False),
+    "block_group_size": ((1,), 1),  # >1 renames the parameters (transformer.block_groups.*)
+    "yarn": ((False,), False),  # a RoPE extension of some fine-tunes, not of LLaDA-8B
+}
+
+
+def _llada_fields(d: dict) -> dict:
+    """ModelConfig fields of a LLaDA config.json dict (ValueError naming the key otherwise)."""
+    def g(key):
+        return d[key] if key in d else _LLADA_DEFAULTS[key]
+
+    for key, (allowed, default) in _LLADA_FIXED.items():
+        value = d.get(key, default)
+        if value not in allowed:
+            raise ValueError(f"llada config key {key!r} = {value!r} is not supported; pojax's LLaDA needs "
+                             f"{' or '.join(repr(a) for a in allowed)}")
+    if d.get("mask_token_id") is None:
+        raise ValueError("llada config key 'mask_token_id' is missing (the [MASK] token id; 126336 for LLaDA-8B)")
+    n_heads = g("n_heads")
+    n_kv = g("n_kv_heads")
+    if n_kv is None:
+        n_kv = 1 if g("multi_query_attention") else n_heads
+    mlp = g("mlp_hidden_size") or g("mlp_ratio") * g("d_model")
+    return dict(
+        model_type="llada",
+        vocab_size=g("embedding_size") or g("vocab_size"),  # rows of wte / ff_out = logits width
+        hidden_size=g("d_model"),
+        intermediate_size=mlp,
+        num_hidden_layers=g("n_layers"),
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv,
+        head_dim=g("d_model") // n_heads,
+        rms_norm_eps=float(g("rms_norm_eps")),
+        rope_theta=float(g("rope_theta")),
+        max_position_embeddings=g("max_sequence_length"),
+        tie_word_embeddings=bool(g("weight_tying")),
+        attention_bias=bool(g("include_qkv_bias")),
+        mask_token_id=int(d["mask_token_id"]),
+        eos_token_id=g("eos_token_id"),
+        pad_token_id=g("pad_token_id"),
+    )
+
+
+def _llada_hf_dict(c: ModelConfig) -> dict[str, Any]:
+    """A complete LLaDA config.json (every architecture key explicit: the reference code's
+    defaults for absent keys describe a different network)."""
+    d = dict(
+        model_type="llada",
+        architectures=["LLaDAModelLM"],
+        auto_map={"AutoConfig": "configuration_llada.LLaDAConfig",
+                  "AutoModel": "modeling_llada.LLaDAModelLM",
+                  "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
+        d_model=c.hidden_size,
+        n_heads=c.num_attention_heads,
+        n_kv_heads=c.num_key_value_heads,
+        n_layers=c.num_hidden_layers,
+        mlp_hidden_size=c.intermediate_size,
+        mlp_ratio=max(1, c.intermediate_size // c.hidden_size),
+        multi_query_attention=None,
+        vocab_size=c.vocab_size,
+        embedding_size=c.vocab_size,
+        weight_tying=c.tie_word_embeddings,
+        rms_norm_eps=c.rms_norm_eps,
+        rope_theta=c.rope_theta,
+        rope_full_precision=True,
+        max_sequence_length=c.max_position_embeddings,
+        include_qkv_bias=c.attention_bias,
+        mask_token_id=c.mask_token_id,
+        eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id,
+        flash_attention=False,
+        attention_dropout=0.0,
+        residual_dropout=0.0,
+        embedding_dropout=0.0,
+        alibi_bias_max=8.0,
+        attention_layer_norm_with_affine=True,
+        init_device="meta",
+        init_fn="mitchell",
+        init_std=0.02,
+        init_cutoff_factor=None,
+        use_cache=False,
+        torch_dtype=c.param_dtype,
+    )
+    d.update({key: allowed[0] for key, (allowed, _) in _LLADA_FIXED.items() if key != "yarn"})
+    return d

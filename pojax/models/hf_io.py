@@ -4,13 +4,15 @@
 sharded set with model.safetensors.index.json) straight into the model's (optionally mesh-
 sharded) parameters: each device reads only its own slice of each tensor, so the full model is
 never gathered on one host. ``save_pretrained(model, dir)`` writes the same layout back, which
-transformers loads unchanged.
+transformers loads unchanged. LLaDA checkpoints (config.json model_type "llada", tensors
+``model.transformer.*``) load as pojax.models.llada.LLaDA and are written back in that layout.
 
-The name map is data: ``_TOP`` and ``_LAYER`` below pair each pojax parameter path with its
-transformers tensor name and how the layout differs (transformers' Linear stores [out, in];
-pojax stores kernels as [in..., out...] with heads split out). All problems of a checkpoint
-(missing tensors, missing shard files, shapes that disagree with config.json) are collected and
-raised together in one error before any parameter is replaced.
+The name map is data: ``_TOP`` and ``_LAYER`` below (``_LLADA_TOP`` and ``_LLADA_LAYER`` for
+LLaDA) pair each pojax parameter path with its checkpoint tensor name and how the layout
+differs (transformers' Linear stores [out, in]; pojax stores kernels as [in..., out...] with
+heads split out). All problems of a checkpoint (missing tensors, missing shard files, shapes
+that disagree with config.json) are collected and raised together in one error before any
+parameter is replaced.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from safetensors.numpy import save_file
 
 from pojax import sharding
 from pojax.models.config import ModelConfig
+from pojax.models.llada import LLaDA
 from pojax.models.transformer import CausalLM
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -62,6 +65,32 @@ _LAYER = {
 }
 _N_IN = {"o_proj": 2}  # kernels whose input is two dims (heads, head_dim); all others one
 
+# LLaDA (GSAI-ML/LLaDA-8B modeling_llada.py, LLaDALlamaBlock): the same parameters under OLMo-style
+# names. ff_proj is the SiLU (gate) branch, up_proj the linear one; ff_out inside a block is the
+# MLP's down projection, transformer.ff_out the (untied) LM head.
+_LLADA_TOP = {
+    ("embed_tokens",): ("model.transformer.wte.weight", "copy"),
+    ("norm", "weight"): ("model.transformer.ln_f.weight", "copy"),
+    ("lm_head",): ("model.transformer.ff_out.weight", ("linear", 1)),
+}
+_LLADA_LAYER = {
+    ("input_layernorm", "weight"): "attn_norm.weight",
+    ("post_attention_layernorm", "weight"): "ff_norm.weight",
+    ("self_attn", "q_proj", "kernel"): "q_proj.weight",
+    ("self_attn", "k_proj", "kernel"): "k_proj.weight",
+    ("self_attn", "v_proj", "kernel"): "v_proj.weight",
+    ("self_attn", "o_proj", "kernel"): "attn_out.weight",
+    ("self_attn", "q_proj", "bias"): "q_proj.bias",
+    ("self_attn", "k_proj", "bias"): "k_proj.bias",
+    ("self_attn", "v_proj", "bias"): "v_proj.bias",
+    ("mlp", "gate_proj", "kernel"): "ff_proj.weight",
+    ("mlp", "up_proj", "kernel"): "up_proj.weight",
+    ("mlp", "down_proj", "kernel"): "ff_out.weight",
+}
+# model_type -> (top-level map, per-layer map, per-layer name prefix); absent: the causal decoders.
+_FAMILY_MAPS = {"llada": (_LLADA_TOP, _LLADA_LAYER, "model.transformer.blocks.{}.")}
+_CAUSAL_MAPS = (_TOP, _LAYER, "model.layers.{}.")
+
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match its config or is incomplete (every problem listed)."""
@@ -75,22 +104,25 @@ def _layout(suffix: tuple) -> object:
     return "copy"
 
 
-def name_map(model: CausalLM) -> dict[tuple, tuple]:
+def name_map(model: CausalLM | LLaDA) -> dict[tuple, tuple]:
     """pojax param path -> (list of transformers names, one per stacked layer or one, layout)."""
     out = {}
     n_layers = model.config.num_hidden_layers
+    top, layer, prefix = _FAMILY_MAPS.get(model.config.model_type, _CAUSAL_MAPS)
     state = nnx.state(model, nnx.Param)
     for path, _ in nnx.to_flat_state(state):
         path = tuple(path)
-        if path in _TOP:
-            name, layout = _TOP[path]
+        if path in top:
+            name, layout = top[path]
             out[path] = ([name], layout)
         elif path[0] == "layers":
             if model.config.scan_layers:
-                suffix, names = path[1:], [f"model.layers.{i}." for i in range(n_layers)]
+                suffix, names = path[1:], [prefix.format(i) for i in range(n_layers)]
             else:
-                suffix, names = path[2:], [f"model.layers.{path[1]}."]
-            out[path] = ([n + _LAYER[suffix] for n in names], _layout(suffix))
+                suffix, names = path[2:], [prefix.format(path[1])]
+            if suffix not in layer:
+                raise KeyError(f"no {model.config.model_type} checkpoint name for pojax parameter {path}")
+            out[path] = ([n + layer[suffix] for n in names], _layout(suffix))
         else:
             raise KeyError(f"no transformers name for pojax parameter {path}")
     return out
@@ -193,7 +225,7 @@ def _read_block(ckpt: _Checkpoint, name: str, shape: tuple, layout, index: tuple
     return block.reshape([len(r) for r in region])
 
 
-def load_into(model: CausalLM, path: str, *, mesh=None, rules=None) -> CausalLM:
+def load_into(model: CausalLM | LLaDA, path: str, *, mesh=None, rules=None) -> CausalLM | LLaDA:
     """Fills an (abstract or concrete) model's parameters from the checkpoint at ``path``."""
     ckpt = _Checkpoint(path)
     names = name_map(model)
@@ -226,8 +258,9 @@ def load_into(model: CausalLM, path: str, *, mesh=None, rules=None) -> CausalLM:
 
 
 def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None, mesh=None, rules=None,
-                    **config_overrides) -> CausalLM:
-    """Loads a transformers checkpoint directory (config.json + safetensors) as a CausalLM.
+                    **config_overrides) -> CausalLM | LLaDA:
+    """Loads a transformers checkpoint directory (config.json + safetensors) as a CausalLM, or
+    as a LLaDA when config.json's model_type is "llada".
 
     ``dtype`` sets the compute dtype and, unless ``param_dtype`` is given, the parameter dtype
     (training keeps float32 parameters with bfloat16 compute); ``mesh`` shards parameters by their logical
@@ -238,21 +271,35 @@ def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None, mesh=None
         raise CheckpointError(f"{path}: no config.json")
     name = jnp.dtype(dtype).name
     pname = jnp.dtype(param_dtype).name if param_dtype is not None else name
-    config = ModelConfig.from_json(path, dtype=name, param_dtype=pname, **config_overrides)
-    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
+    config = _read_config(path, dtype=name, param_dtype=pname, **config_overrides)
+    cls = LLaDA if config.model_type == "llada" else CausalLM
+    abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     _fill_static(abstract, config)
     return load_into(abstract, path, mesh=mesh, rules=rules)
 
 
-def _fill_static(model: CausalLM, config: ModelConfig) -> None:
+def _read_config(path: str, **overrides) -> ModelConfig:
+    """The ModelConfig of a checkpoint dir's config.json; a LLaDA config without its mask token
+    id is refused (the reference code would silently fall back to GPT-2's 50256)."""
+    fname = os.path.join(path, "config.json")
+    with open(fname) as f:
+        d = json.load(f)
+    if d.get("model_type") == "llada" and d.get("mask_token_id") is None:
+        raise CheckpointError(f"{fname}: key 'mask_token_id' is missing or null; a LLaDA checkpoint needs the "
+                              "id of its [MASK] token (126336 for GSAI-ML/LLaDA-8B)")
+    return ModelConfig.from_hf_config(d, **overrides)
+
+
+def _fill_static(model: CausalLM | LLaDA, config: ModelConfig) -> None:
     """Concrete values for the non-parameter variables that eval_shape left abstract."""
     from pojax.models.layers import rope_inv_freq
 
     model.inv_freq.set_value(rope_inv_freq(config.head_dim, config.rope_theta, config.rope))
-    model.sliding.set_value(jnp.array([t == "sliding_attention" for t in config.layer_types]))
+    if hasattr(model, "sliding"):
+        model.sliding.set_value(jnp.array([t == "sliding_attention" for t in config.layer_types]))
 
 
-def save_pretrained(model: CausalLM, path: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
+def save_pretrained(model: CausalLM | LLaDA, path: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
     """Writes config.json and safetensors (sharded with an index above ``max_shard_bytes``)."""
     os.makedirs(path, exist_ok=True)
     names = name_map(model)

@@ -6,6 +6,7 @@ from pojax.objectives.packed import (
 )
 from pojax.objectives.preference import (
     concat_pairs,
+    initial_loss_state,
     pair_logps,
     preference_loss,
     sft_loss,
@@ -16,6 +17,7 @@ from pojax.objectives.preference import (
 __all__ = [
     "check_packable",
     "concat_pairs",
+    "initial_loss_state",
     "packed_pair_logps",
     "packed_preference_loss",
     "pair_logps",

@@ -84,6 +84,13 @@ def _scalar_metrics(metrics: dict) -> dict:
     return {k: jnp.nanmean(v) if jnp.ndim(v) else v for k, v in metrics.items()}
 
 
+def initial_loss_state(loss_name):
+    """The running state a loss threads through training (BCO's δ, β-DPO's margin statistics),
+    or None."""
+    states = {"bco": losses.BCOState, "beta_dpo": losses.BetaDPOState}
+    return states[loss_name]() if isinstance(loss_name, str) and loss_name in states else None
+
+
 def preference_loss(policy, reference, batch, *, loss_name: str, hparams: dict, chunk_size: int = 1024, state=None):
     """(mean loss, {metric: scalar}, new loss state) of a registered loss on a batch."""
     fn = losses.get(loss_name)
@@ -92,7 +99,7 @@ def preference_loss(policy, reference, batch, *, loss_name: str, hparams: dict, 
     else:
         logps = pair_logps(policy, reference, batch, chunk_size=chunk_size,
                            with_log_sum_sq=bool(hparams.get("use_weighting", False)))
-    extra = {"state": state} if loss_name == "bco" else {}
+    extra = {"state": state} if state is not None else {}
     out = fn(logps, **hparams, **extra)
     return jnp.mean(out.loss), _scalar_metrics(out.metrics), out.state
 

@@ -19,7 +19,7 @@ from pojax.config import ConfigError, loss_hparams
 from pojax.data.pipeline import ArraySource, make_dataset
 from pojax.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
-from pojax.objectives import packed_preference_loss, preference_loss, sft_loss
+from pojax.objectives import initial_loss_state, packed_preference_loss, preference_loss, sft_loss
 from pojax.train.evaluate import gold_eval, preference_evaluator, reference_logps
 from pojax.train import metrics as metrics_lib
 from pojax.train.data import file_data, gym_data, packed
@@ -162,11 +162,7 @@ def run_train(config, workdir: str | None) -> dict:
     def eval_fn(policy, loss_state):
         return evaluator(policy, reference, held, loss_state)
 
-    loss_state = None
-    if name == "bco":
-        from pojax.losses import BCOState
-
-        loss_state = BCOState()
+    loss_state = initial_loss_state(name)
     results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps}
     if config.data.packing:
         dataset, results["packing_efficiency"] = packed_dataset(rows, config, bs, seed + 4)

@@ -18,7 +18,8 @@ from flax import nnx
 from pojax import sharding
 from pojax.config import ConfigError
 from pojax.data import gym as gym_lib
-from pojax.losses import BCOState, needs_reference
+from pojax.losses import needs_reference
+from pojax.objectives import initial_loss_state
 from pojax.models import from_pretrained
 from pojax.models.lora import apply_lora
 from pojax.train import metrics as metrics_lib
@@ -58,30 +59,101 @@ def run_sft(config, workdir: str | None) -> dict:
     return results
 
 
+def _prompts(path: str, limit: int) -> list:
+    """The ``prompt`` column (a string or a message list) of a JSONL / JSON / parquet file."""
+    from pojax.data.formats import DataError, read_rows
+
+    prompts = []
+    for file, i, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), (str, list)) or not row["prompt"]:
+            raise DataError(file, i, "prompt", "missing (a string or a list of messages)")
+        prompts.append(row["prompt"])
+    return prompts[:limit] if limit > 0 else prompts
+
+
+def _instruction(prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt if m["role"] == "user")
+
+
+def win_rate_eval(policy, reference, tokenizer, config) -> dict:
+    """Responses of the policy and of the reference to eval.prompts_path, judged pairwise by the
+    local model eval.judge_path: win_rate (95% bootstrap CI) and the length-controlled rate."""
+    from transformers import AutoTokenizer
+
+    from pojax.eval import win_rates
+    from pojax.eval.generation import generate_texts
+    from pojax.eval.judge import DEFAULT_TEMPLATE, judge_preferences
+
+    e = config.eval
+    if reference is None:
+        raise ConfigError("reference.path", "win rates compare the policy with a reference: set reference.path")
+    if not e.judge_path:
+        raise ConfigError("eval.judge_path", "win rates need a judge: a Hugging Face causal-LM dir")
+    prompts = _prompts(e.prompts_path, e.num_examples)
+    kw = dict(max_new_tokens=e.max_new_tokens, chat_template=config.data.chat_template, temperature=e.temperature,
+              batch_size=max(config.train.batch_size // config.train.grad_accum_steps, 1), seed=config.train.seed)
+    (out_a, len_a), (out_b, len_b) = (generate_texts(m, tokenizer, prompts, **kw) for m in (policy, reference))
+    judge = from_pretrained(e.judge_path, dtype=policy.config.dtype)
+    judge_tok = AutoTokenizer.from_pretrained(e.judge_path)
+    pref = judge_preferences(judge, judge_tok, [_instruction(p) for p in prompts], out_a, out_b,
+                             template=e.judge_template or DEFAULT_TEMPLATE, batch_size=kw["batch_size"])
+    return win_rates(pref, len_a, len_b, seed=config.train.seed)
+
+
+def _markdown(results: dict) -> str:
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
+    return "| metric | value |\n|---|---|\n" + rows + "\n"
+
+
 def run_eval(config, workdir: str | None) -> dict:
+    """Whatever the config asks for: preference metrics on data.path (or the gym's gold-reward
+    win rate), judged win rates on eval.prompts_path, task accuracy on eval.gsm8k_path /
+    mmlu_path / jsonl_path. Writes results.json and results.md."""
+    from pojax.eval.tasks import run_task
+
     workdir = _workdir(workdir)
+    e = config.eval
     if not config.model.path:
         raise ConfigError("model.path", "task 'eval' evaluates a Hugging Face checkpoint dir (e.g. <workdir>/final)")
+    gym = config.data.format == "gym"
+    preference = gym or bool(config.data.path)
+    tasks = {k: e[f"{k}_path"] for k in ("gsm8k", "mmlu", "jsonl") if e[f"{k}_path"]}
+    if not (preference or e.prompts_path or tasks):
+        raise ConfigError("eval", "nothing to evaluate: set data.path (preference metrics), eval.prompts_path "
+                          "(judged win rates), eval.gsm8k_path, eval.mmlu_path or eval.jsonl_path")
     mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
     policy = build_model(config, None, mesh, rules)
     reference = None
     if config.reference.path:
         reference = from_pretrained(config.reference.path, dtype=policy.config.dtype, mesh=mesh, rules=rules)
-    elif config.reference.mode != "none" and needs_reference(config.loss.name):
-        raise ConfigError("reference.path", f"loss {config.loss.name!r} needs a reference model to evaluate "
-                          "(the starting policy's checkpoint dir), or a reference-free loss with reference.mode=none")
-    gym = config.data.format == "gym"
+    tokenizer = None if gym and not (e.prompts_path or tasks) else load_tokenizer(config)
     results = {"task": "eval", "loss": config.loss.name}
-    if gym:
-        data = gym_data(config)
-        if reference is not None:
-            results.update(gold_eval(data.gym, policy, reference, config))
-    else:
-        data = eval_data(config, load_tokenizer(config))
-    if data.held_out is not None and (reference is not None or not needs_reference(config.loss.name)):
-        loss_state = BCOState() if config.loss.name == "bco" else None
-        results.update(preference_eval(policy, reference, data.held_out, config, loss_state=loss_state))
+    if preference:
+        if reference is None and config.reference.mode != "none" and needs_reference(config.loss.name):
+            raise ConfigError("reference.path", f"loss {config.loss.name!r} needs a reference model to evaluate "
+                              "(the starting policy's checkpoint dir), or a reference-free loss with reference.mode=none")
+        if gym:
+            data = gym_data(config)
+            if reference is not None:
+                results.update(gold_eval(data.gym, policy, reference, config))
+        else:
+            data = eval_data(config, tokenizer)
+        if data.held_out is not None:
+            loss_state = initial_loss_state(config.loss.name)
+            results.update(preference_eval(policy, reference, data.held_out, config, loss_state=loss_state))
+            if "eval_rewards/accuracies" in results:
+                results["reward_accuracy"] = results["eval_rewards/accuracies"]
+    if e.prompts_path:
+        results.update(win_rate_eval(policy, reference, tokenizer, config))
+    for kind, path in tasks.items():
+        results.update(run_task(kind, path, policy, tokenizer, max_new_tokens=e.max_new_tokens,
+                                batch_size=max(config.train.batch_size // config.train.grad_accum_steps, 1),
+                                chat_template=config.data.chat_template))
     metrics_lib.write_results(workdir, results)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(_markdown(results))
     return results
 
 
@@ -108,7 +180,7 @@ def run_export(config, workdir: str | None) -> dict:
     if best:  # best checkpoints hold the parameters only
         restored, _ = ckpt.restore(params, step)
     else:
-        loss_state = BCOState() if stage == "train" and config.loss.name == "bco" else None
+        loss_state = initial_loss_state(config.loss.name) if stage == "train" else None
         # the optimizer state's structure does not depend on the schedule's length or peak
         restored, _ = ckpt.restore(init_state(params, make_optimizer(config, config.train.max_steps), loss_state), step)
         restored = restored.params

@@ -36,7 +36,7 @@ def test_judge_verdicts_equal_transformers_logits(models_):  # noqa: F811
 
 def test_verdicts_cancel_position_bias():
     # a judge that always prefers the first position ties every pair; agreement in both orders decides
-    np.testing.assert_array_equal(verdicts([1.0, 1.0, -1.0, -2.0], [1.0, -1.0, 1.0, -0.5]), [0.5, 1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(verdicts([1.0, 1.0, -1.0, -2.0, 0.0], [1.0, -1.0, 1.0, -0.5, 0.0]), [0.5, 1.0, 0.0, 0.5, 0.5])
 
 
 def test_template_placeholders_are_checked():

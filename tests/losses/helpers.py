@@ -8,6 +8,20 @@ REF_FREE = ("cpo", "cpo_hinge", "cpo_ipo", "simpo", "orpo", "asft")
 UNPAIRED = ("kto", "apo_zero_unpaired", "bco")
 
 
+def generic(name: str) -> bool:
+    """Losses the generic tests can build inputs for: not listwise, not token-level, and not
+    madpo (it needs reward-model margins); their own test files cover the others."""
+    import pojax.losses as L
+
+    return L.input_kind(name) != "ranked" and not L.needs_tokens(name) and name != "madpo"
+
+
+def generic_names():
+    import pojax.losses as L
+
+    return [n for n in L.names() if generic(n)]
+
+
 def pair(chosen, rejected, ref_chosen=None, ref_rejected=None, chosen_len=None, rejected_len=None, tokens=False, T=6):
     """A PairLogps from [B] arrays; ``tokens=True`` adds TokenLogps holding the same sums."""
     chosen = jnp.asarray(chosen, jnp.float32)

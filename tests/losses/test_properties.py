@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import pojax.losses as L
-from tests.losses.helpers import REF_FREE, UNPAIRED, inputs_for, pair, random_pair
+from tests.losses.helpers import REF_FREE, UNPAIRED, generic_names, inputs_for, pair, random_pair
 
 LOG2 = math.log(2.0)
-PAIRWISE_REF = [n for n in L.names() if n not in REF_FREE + UNPAIRED + ("sft",)]
+PAIRWISE_REF = [n for n in generic_names() if n not in REF_FREE + UNPAIRED + ("sft",)]
 
 
 def at_reference(b=5, tokens=False):

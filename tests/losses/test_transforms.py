@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import pojax.losses as L
-from tests.losses.helpers import UNPAIRED, inputs_for, pair
+from tests.losses.helpers import UNPAIRED, generic_names, inputs_for, pair
 
-NAMES = [n for n in L.names() if n != "dpo"]
+NAMES = [n for n in generic_names() if n != "dpo"]
 
 
 def mean_loss(name, **hp):

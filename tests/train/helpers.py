@@ -19,16 +19,17 @@ def quick_config(**overrides):
     spec.loader.exec_module(module)
     config = module.get_config()
     config.logging.progress = False
+    return override(config, overrides)
+
+
+def override(config, overrides: dict):
+    """Sets dotted keys ("train.max_steps", "data.gym.num_train", "task") in place."""
     for key, value in overrides.items():
-        if "." not in key:
-            config[key] = value
-            continue
-        section, field = key.split(".", 1)
-        if "." in field:
-            sub, field = field.split(".")
-            config[section][sub][field] = value
-        else:
-            config[section][field] = value
+        *path, field = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[field] = value
     return config
 
 
@@ -75,8 +76,4 @@ def recipe(name, **overrides):
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    return config
+    return override(module.get_config(), overrides)

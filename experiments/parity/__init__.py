@@ -1,0 +1,1 @@
+"""Parity scripts: golden files from reference implementations that cannot run in CI."""
