@@ -111,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seed = 0  # PRNG seed of init, data order and dropout
     c.train.sft_steps = 0  # SFT steps on the data's SFT split before preference training
     c.train.sft_learning_rate = 1e-3  # peak learning rate of that SFT stage
+    c.train.nan_policy = "skip"  # a non-finite loss or gradient: skip (drop the update) | stop (keep the last good checkpoint)
     c.train.export_final = True  # write the trained policy to workdir/final as HF safetensors (LoRA merged)
 
     c.mesh = ml_collections.ConfigDict()
@@ -120,6 +121,12 @@ def base_config() -> ml_collections.ConfigDict:
     # logical axis -> mesh axes overriding pojax.sharding.DEFAULT_RULES, as a comma-separated
     # string ("fsdp", "data,fsdp", "" = replicated), e.g. --config.mesh.rules.embed=""
     c.mesh.rules = ml_collections.ConfigDict()
+
+    c.distributed = ml_collections.ConfigDict()  # multi-host (multi-controller) runs
+    c.distributed.initialize = False  # call jax.distributed.initialize() before anything else
+    c.distributed.coordinator_address = ""  # host:port of process 0; "" = auto-detect (TPU VMs, SLURM)
+    c.distributed.num_processes = 0  # 0 = auto-detect
+    c.distributed.process_id = -1  # -1 = auto-detect
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50  # steps between checkpoints
@@ -217,6 +224,7 @@ def validate(config) -> None:
     _one_of(config, "likelihood.kind", LIKELIHOODS)
     _one_of(config, "reference.mode", REFERENCE_MODES)
     _one_of(config, "checkpoint.best_mode", ("min", "max"))
+    _one_of(config, "train.nan_policy", ("skip", "stop"))
     from pojax.models.config import REMAT_POLICIES
 
     _one_of(config, "model.remat", REMAT_POLICIES)
