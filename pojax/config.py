@@ -27,7 +27,7 @@ LOSS_HPARAMS = {
     "asft_lambda": float, "desirable_weight": float, "undesirable_weight": float,
     "beta_dpo_alpha": float, "beta_dpo_filter": bool, "beta_dpo_rho": float, "beta_dpo_momentum": float,
     "madpo_c_max": float, "madpo_c_min": float, "madpo_lambda": float, "madpo_tau": float,
-    "tdpo_alpha": float, "tgdpo_alpha": float,
+    "tdpo_alpha": float, "tgdpo_alpha": float, "kto_reference_point": str,
 }
 RUNTIME_LOSS_ARGS = losses.RUNTIME_ARGS  # per-batch inputs of a loss (state, keys, data columns), not config keys
 
@@ -192,9 +192,10 @@ def validate_loss(config) -> None:
         if key not in accepted:
             raise ConfigError(f"loss.{key}", f"loss {name!r} has no hyperparameter {key!r}; it accepts: {', '.join(accepted)}")
     if config.task in ("train", "eval"):
-        if losses.input_kind(name) == "ranked":
-            raise ConfigError("loss.name", f"{name!r} is a listwise loss: training on ranked batches is not wired "
-                              "into the trainer yet (call it on RankedLogps from your own code)")
+        listwise, gym = losses.input_kind(name) == "ranked", config.data.format == "gym"
+        if not gym and listwise != (config.data.format == "ranked"):
+            raise ConfigError("loss.name", f"{name!r} does not take data.format={config.data.format!r}: listwise "
+                              "losses train on ranked data (data.format=ranked or gym), the others do not")
         if losses.needs_tokens(name) or name == "madpo":
             why = "reward-model margins (reward_margin)" if name == "madpo" else "token-level extras (token KL / rewards)"
             raise ConfigError("loss.name", f"{name!r} needs per-example {why} that the trainer does not compute yet")
@@ -205,7 +206,7 @@ def validate_loss(config) -> None:
 def _validate_packing(config) -> None:
     from pojax.objectives.packed import check_packable
 
-    if config.loss.name in UNPAIRED_LOSSES or config.data.format in ("unpaired", "kto_mix", "ranked"):
+    if losses.input_kind(config.loss.name) != "pair" or config.data.format in ("unpaired", "kto_mix", "ranked"):
         raise ConfigError("data.packing", "packing serves paired data and losses only; set data.packing=False")
     if config.task != "train":
         raise ConfigError("data.packing", f"task {config.task!r} reads unpacked rows; set data.packing=False")
@@ -263,9 +264,7 @@ def validate(config) -> None:
             raise ConfigError("loss.ld_alpha", "LD-DPO with reference.mode='precomputed' is not supported yet "
                               "(the stored reference sums are not length-desensitized); use reference.mode='copy'")
     unpaired = config.data.format in ("unpaired", "kto_mix")
-    if config.data.format == "ranked" and config.task in ("train", "sft", "eval"):
-        raise ConfigError("data.format", "'ranked' data has no listwise loss to train with yet (paired, unpaired, "
-                          "step, hh_rlhf, ultrafeedback_binarized, kto_mix or gym)")
+
     gym = config.data.format == "gym"  # the gym serves paired and unpaired sets alike
     if not gym and unpaired != (config.loss.name in UNPAIRED_LOSSES) and config.task == "train":
         kind = "unpaired" if unpaired else "paired"

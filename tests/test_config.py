@@ -89,7 +89,6 @@ def test_paired_and_unpaired_must_match():
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("likelihood.kind", "diffusion", "config key likelihood.kind: 'diffusion': training with diffusion ELBOs is not implemented yet"),
-    ("data.format", "ranked", "config key data.format: 'ranked' data has no listwise loss to train with yet"),
 ])
 def test_unimplemented_training_switches_are_refused(key, value, message):
     config = base_config()
@@ -114,9 +113,21 @@ def test_two_rest_axes_are_refused():
         validate(config)
 
 
-@pytest.mark.parametrize("name", ["plackett_luce", "lipo", "tdpo", "madpo"])
+@pytest.mark.parametrize("name", ["tdpo", "tgdpo", "madpo"])
 def test_losses_the_trainer_cannot_feed_yet_are_refused_by_key(name):
     config = base_config()
     config.loss.name = name
     with pytest.raises(ConfigError, match="config key loss.name"):
+        validate(config)
+
+
+def test_listwise_losses_take_ranked_or_gym_data_only():
+    config = base_config()
+    config.loss.name = "plackett_luce"
+    validate(config)  # the gym serves ranked sets
+    config.data.format = "paired"
+    with pytest.raises(ConfigError, match="config key loss.name: 'plackett_luce' does not take data.format='paired'"):
+        validate(config)
+    config.data.format, config.loss.name = "ranked", "sigmoid"
+    with pytest.raises(ConfigError, match="config key loss.name: 'sigmoid' does not take data.format='ranked'"):
         validate(config)

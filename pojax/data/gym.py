@@ -122,7 +122,8 @@ def from_config(config) -> Gym:
 
 
 def training_rows(gym: Gym, kind: str, seed: int, n: int, noise: float = 0.0) -> dict:
-    """The gym's training set as batch-ready arrays: kind is "sft", "paired" or "unpaired"."""
+    """The gym's training set as batch-ready arrays: kind is "sft", "paired", "unpaired" or
+    "ranked" (4 responses per prompt scored by the gold reward)."""
     if kind == "sft":
         d = gym.sft_set(seed, n)
         return {"input_ids": d["input_ids"], "completion_mask": d["completion_mask"]}
@@ -130,5 +131,10 @@ def training_rows(gym: Gym, kind: str, seed: int, n: int, noise: float = 0.0) ->
         d = gym.paired_set(seed, n, noise)
         return {"chosen_ids": d["chosen_ids"], "rejected_ids": d["rejected_ids"],
                 "chosen_mask": d["completion_mask"], "rejected_mask": d["completion_mask"]}
+    if kind == "ranked":
+        d = gym.ranked_set(seed, n)
+        k = d["input_ids"].shape[1]
+        mask = np.repeat(d["completion_mask"][:, None], k, axis=1)
+        return {"input_ids": d["input_ids"], "completion_mask": mask, "scores": d["scores"].astype(np.float32)}
     d = gym.unpaired_set(seed, n, noise)
     return {"input_ids": d["input_ids"], "completion_mask": d["completion_mask"], "label": d["label"]}

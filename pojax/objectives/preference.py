@@ -5,6 +5,8 @@ Batches are dicts of arrays:
             (completion tokens); optional ref_chosen, ref_rejected [B] (precomputed reference)
   unpaired  input_ids [B, T], completion_mask [B, T], label [B] bool, kl_ids / kl_mask [B, T]
             (each prompt with a mismatched completion, for KTO's z0); optional ref_logps, ref_kl
+  ranked    input_ids [B, K, T], completion_mask [B, K, T] or [B, T], scores [B, K], optional
+            rank_mask [B, K] and ref_logps [B, K]
   sft       input_ids [B, T], completion_mask [B, T]
 The reference is a model (a frozen copy, or the LoRA base) or None (precomputed / reference-free).
 """
@@ -80,6 +82,26 @@ def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024) -> losse
                                 length=split_pairs(jnp.sum(tmask, -1).astype(jnp.float32))[0])
 
 
+def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024) -> losses.RankedLogps:
+    """RankedLogps of a ranked batch: the K responses of every prompt in one forward of B·K rows.
+    input_ids [B, K, T], completion_mask [B, K, T] (or [B, T] shared by the K responses),
+    scores [B, K], optional rank_mask [B, K] (ragged K) and precomputed ref_logps [B, K]."""
+    ids = batch["input_ids"]
+    b, k, t = ids.shape
+    mask = jnp.broadcast_to(batch["completion_mask"][:, None] if batch["completion_mask"].ndim == 2
+                            else batch["completion_mask"], (b, k, t))
+    flat_ids, flat_mask = ids.reshape(b * k, t), mask.reshape(b * k, t)
+    tok, _, tmask = _token_logps(policy, flat_ids, flat_mask, chunk_size)
+    logps = ar.sequence_logps(tok, tmask).reshape(b, k)
+    if reference is not None:
+        ref_tok = jax.lax.stop_gradient(_token_logps(reference, flat_ids, flat_mask, chunk_size)[0])
+        ref = ar.sequence_logps(ref_tok, tmask).reshape(b, k)
+    else:
+        ref = batch.get("ref_logps")
+    return losses.RankedLogps(logps=logps, scores=batch["scores"].astype(jnp.float32), ref_logps=ref,
+                              mask=batch.get("rank_mask"))
+
+
 def _scalar_metrics(metrics: dict) -> dict:
     return {k: jnp.nanmean(v) if jnp.ndim(v) else v for k, v in metrics.items()}
 
@@ -94,7 +116,9 @@ def initial_loss_state(loss_name):
 def preference_loss(policy, reference, batch, *, loss_name: str, hparams: dict, chunk_size: int = 1024, state=None):
     """(mean loss, {metric: scalar}, new loss state) of a registered loss on a batch."""
     fn = losses.get(loss_name)
-    if "label" in batch:
+    if "scores" in batch:
+        logps = ranked_logps(policy, reference, batch, chunk_size=chunk_size)
+    elif "label" in batch:
         logps = unpaired_logps(policy, reference, batch, chunk_size=chunk_size)
     else:
         logps = pair_logps(policy, reference, batch, chunk_size=chunk_size,

@@ -10,14 +10,15 @@ import os
 import numpy as np
 from absl import logging
 
-from pojax.config import UNPAIRED_LOSSES, ConfigError
+from pojax.config import ConfigError
+from pojax.losses import input_kind
 from pojax.data import formats, tokenize
 from pojax.data import gym as gym_lib
 from pojax.data.pipeline import split_eval
 
 # data.format -> how its rows are tokenized (pojax.data.tokenize.encode)
 FILE_FORMATS = {"paired": "paired", "step": "step", "hh_rlhf": "paired", "ultrafeedback_binarized": "paired",
-                "unpaired": "unpaired", "kto_mix": "unpaired"}
+                "unpaired": "unpaired", "kto_mix": "unpaired", "ranked": "ranked"}
 # upstream dataset layouts, prepared by their TFDS builders: data.format -> (train split, test split)
 UPSTREAM_SPLITS = {"hh_rlhf": ("train", "test"), "ultrafeedback_binarized": ("train_prefs", "test_prefs"),
                    "kto_mix": ("train", "test")}
@@ -44,7 +45,7 @@ def _with_kl(rows: dict) -> dict:
 def gym_data(config) -> RunData:
     gym = gym_lib.from_config(config)
     seed, n = config.train.seed, config.data.gym.num_train
-    kind = "unpaired" if config.loss.name in UNPAIRED_LOSSES else "paired"
+    kind = {"unpaired": "unpaired", "ranked": "ranked"}.get(input_kind(config.loss.name), "paired")
     pref = gym_lib.training_rows(gym, kind, seed + 2, n, config.data.gym.label_noise)
     held = gym_lib.training_rows(gym, kind, seed + 5, config.eval.num_examples) if config.eval.num_examples > 0 else None
     sft = gym_lib.training_rows(gym, "sft", seed, n) if config.train.sft_steps > 0 else None
@@ -100,6 +101,10 @@ def _sft_rows(fmt: str, rows: dict) -> dict:
     """SFT rows of preference data: the chosen completions (paired) or the desirable ones."""
     if fmt in ("paired", "step"):
         return {"input_ids": rows["chosen_ids"], "completion_mask": rows["chosen_mask"]}
+    if fmt == "ranked":  # the best-scored response of each prompt
+        best = np.argmax(np.where(rows.get("rank_mask", True), rows["scores"], -np.inf), axis=1)
+        pick = lambda x: x[np.arange(len(best)), best]
+        return {"input_ids": pick(rows["input_ids"]), "completion_mask": pick(rows["completion_mask"])}
     keep = rows["label"]
     return {"input_ids": rows["input_ids"][keep], "completion_mask": rows["completion_mask"][keep]}
 

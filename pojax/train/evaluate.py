@@ -11,21 +11,24 @@ from flax import nnx
 from pojax.config import loss_hparams
 from pojax.data import gym as gym_lib
 from pojax.models.lora import without_adapters
-from pojax.objectives import pair_logps, preference_loss, unpaired_logps
-from pojax.sampling import generate
+from pojax.objectives import pair_logps, preference_loss, ranked_logps, unpaired_logps
+from pojax.sampling import diffusion, generate
 
 
 def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int) -> dict:
     """The reference's per-sequence log-likelihoods of every row, computed once in batches:
-    {ref_chosen, ref_rejected} [N] for paired rows, {ref_logps, ref_kl} [N] for unpaired ones."""
+    {ref_chosen, ref_rejected} [N] for paired rows, {ref_logps, ref_kl} [N] for unpaired ones,
+    {ref_logps} [N, K] for ranked ones."""
     n = len(next(iter(rows.values())))
-    unpaired = "label" in rows
-    fn = nnx.jit(lambda ref, b: (unpaired_logps if unpaired else pair_logps)(ref, None, b, chunk_size=chunk_size))
-    names = ("ref_logps", "ref_kl") if unpaired else ("ref_chosen", "ref_rejected")
+    kind = "ranked" if "scores" in rows else "unpaired" if "label" in rows else "paired"
+    logps_fn = {"ranked": ranked_logps, "unpaired": unpaired_logps, "paired": pair_logps}[kind]
+    fn = nnx.jit(lambda ref, b: logps_fn(ref, None, b, chunk_size=chunk_size))
+    names = {"ranked": ("ref_logps",), "unpaired": ("ref_logps", "ref_kl"), "paired": ("ref_chosen", "ref_rejected")}[kind]
     outs = {k: [] for k in names}
     for start in range(0, n, batch_size):
         lp = fn(reference, {k: v[start:start + batch_size] for k, v in rows.items()})
-        values = (lp.completion, lp.kl) if unpaired else (lp.chosen, lp.rejected)
+        values = {"ranked": lambda: (lp.logps,), "unpaired": lambda: (lp.completion, lp.kl),
+                  "paired": lambda: (lp.chosen, lp.rejected)}[kind]()
         for k, v in zip(names, values):
             outs[k].append(np.asarray(v))
     return {k: np.concatenate(v) for k, v in outs.items()}
@@ -80,8 +83,13 @@ def gold_eval(gym: gym_lib.Gym, policy, before, config) -> dict:
     rewards = {}
     for name, model in (("after", policy), ("before", before)):
         key = jax.random.key(config.train.seed + 11)
-        out = np.asarray(generate(model, jnp.asarray(rows), key, max_new_tokens=gym.response_len,
-                                  temperature=config.eval.temperature))
+        if getattr(model.config, "mask_token_id", None) is not None:  # masked diffusion: LLaDA's reverse process
+            n = gym.response_len
+            out = np.asarray(diffusion.generate(model, jnp.asarray(rows), key, gen_length=n, steps=n, block_length=n,
+                                                temperature=config.eval.temperature, mask_id=model.config.mask_token_id))
+        else:
+            out = np.asarray(generate(model, jnp.asarray(rows), key, max_new_tokens=gym.response_len,
+                                      temperature=config.eval.temperature))
         rewards[name] = gym.gold_reward(np.repeat(prompts, k, 0), out).reshape(n, k).mean(1)
     a, b = rewards["after"], rewards["before"]
     return {"gold_win_rate": float(np.mean((a > b) + 0.5 * (a == b))), "gold_reward_before": float(b.mean()),

@@ -17,7 +17,7 @@ from flax import nnx
 from pojax import sharding
 from pojax.config import ConfigError, loss_hparams
 from pojax.data.pipeline import ArraySource, make_dataset
-from pojax.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
+from pojax.models import CausalLM, LLaDA, ModelConfig, from_pretrained, save_pretrained
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
 from pojax.objectives import initial_loss_state, packed_preference_loss, preference_loss, sft_loss
 from pojax.train.evaluate import gold_eval, preference_evaluator, reference_logps
@@ -30,18 +30,21 @@ from pojax.train.optim import make_optimizer
 def build_model(config, vocab_size: int | None, mesh=None, rules=None):
     """The starting policy, placed on ``mesh``. Parameters are float32 (master weights: a 5e-7
     update vanishes in bfloat16) and ``model.dtype`` is the compute dtype. A checkpoint is read
-    straight into its shards; a random model is created, then sharded."""
+    straight into its shards; a random model (model.family = llama | mistral | qwen2 | qwen3 |
+    llada) is created, then sharded. A random llada model gets one extra token, its [MASK]."""
     m = config.model
     layout = dict(scan_layers=m.scan_layers, remat=m.remat)
     if m.path:
         return from_pretrained(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32, mesh=mesh, rules=rules, **layout)
     if vocab_size is None:
         raise ConfigError("model.path", "training on files needs a Hugging Face model directory (model and tokenizer)")
-    mc = ModelConfig(model_type=m.family, vocab_size=vocab_size, hidden_size=m.hidden_size,
+    llada = m.family == "llada"
+    mc = ModelConfig(model_type=m.family, vocab_size=vocab_size + llada, hidden_size=m.hidden_size,
                      intermediate_size=m.intermediate_size, num_hidden_layers=m.num_layers,
                      num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
-                     dtype=m.dtype, param_dtype="float32", max_position_embeddings=4096, **layout)
-    model = CausalLM(mc, rngs=nnx.Rngs(config.train.seed))
+                     dtype=m.dtype, param_dtype="float32", max_position_embeddings=4096,
+                     mask_token_id=vocab_size if llada else None, **layout)
+    model = (LLaDA if llada else CausalLM)(mc, rngs=nnx.Rngs(config.train.seed))
     return model if mesh is None else sharding.shard_module(model, mesh, rules)
 
 

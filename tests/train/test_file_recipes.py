@@ -73,3 +73,21 @@ def test_step_level_pairs_train_like_paired_rows(hf_dir, tmp_path):
     run_train(config, str(tmp_path / "run"))
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     np.testing.assert_allclose(metrics[0]["loss"], math.log(2), atol=1e-5)
+
+
+def test_ranked_rows_train_a_listwise_loss(hf_dir, tmp_path):
+    """Ranked rows (K = 2 or 3 completions with scores: ragged, padded to 3 with rank_mask) train
+    plackett_luce from configs/dpo.py. One batch holds every row, so the first loss (all implicit
+    rewards 0 at policy = reference) is the mean of log 2! and log 3!, by hand."""
+    data = tmp_path / "ranked.jsonl"
+    ranked = [{"prompt": "2+2?", "completions": ["4", "5 no", "go away"][: 2 + i % 2], "scores": [3.0, 1.0, 0.0][: 2 + i % 2]}
+              for i in range(20)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in ranked))
+    config = recipe("dpo", **{**SMALL, "model.path": hf_dir, "data.path": str(data), "data.format": "ranked",
+                              "loss.name": "plackett_luce", "train.export_final": False, "train.batch_size": 20,
+                              "eval.num_examples": 0})
+    validate(config)
+    run_train(config, str(tmp_path / "run"))
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
+    np.testing.assert_allclose(metrics[0]["loss"], (math.log(2) + math.log(6)) / 2, atol=1e-5)

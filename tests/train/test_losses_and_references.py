@@ -63,6 +63,7 @@ def sft_workdir(tmp_path_factory):
     ({"loss.name": "simpo", "reference.mode": "none", "loss.beta": 2.0}, None),
     ({"reference.mode": "precomputed"}, math.log(2)),
     ({"loss.name": "beta_dpo"}, math.log(2)),  # running margin statistics threaded through the train state
+    ({"loss.name": "plackett_luce", "loss.beta": 0.5}, None),  # listwise, on the gym's ranked sets (K = 4)
     ({"reference.mode": "lora_base", "optimizer.learning_rate": 2e-3}, math.log(2)),
 ])
 def test_gold_reward_improves(sft_workdir, tmp_path, overrides, first_loss):
