@@ -13,6 +13,7 @@ from pojax import losses
 TASKS = ("sft", "pretrain", "train", "eval", "sample", "export", "diffpo")
 DATA_FORMATS = ("paired", "unpaired", "ranked", "step", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
 LIKELIHOODS = ("autoregressive", "diffusion")
+ESTIMATORS = ("length_stratified", "length", "timestep_stratified", "timestep")  # pojax.likelihood.diffusion
 REFERENCE_MODES = ("copy", "precomputed", "lora_base", "none")
 UNPAIRED_LOSSES = ("kto", "apo_zero_unpaired", "bco")
 
@@ -89,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.likelihood.kind = "autoregressive"  # autoregressive | diffusion
     c.likelihood.chunk_size = 1024  # sequence chunk of the chunked log-softmax, tokens
     c.likelihood.n_mc = 8  # Monte Carlo draws of the diffusion ELBO
-    c.likelihood.estimator = "antithetic"  # diffusion ELBO estimator
+    c.likelihood.estimator = "length_stratified"  # length_stratified | length | timestep_stratified | timestep
 
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "copy"  # copy | precomputed | lora_base | none (reference-free losses)
@@ -203,6 +204,24 @@ def validate_loss(config) -> None:
         raise ConfigError("reference.mode", f"'none', but loss {name!r} needs reference log-probs")
 
 
+def _validate_diffusion(config) -> None:
+    """What diffusion ELBOs cannot serve: per-token terms, listwise batches, packing."""
+    name = config.loss.name
+    if not config.model.path and config.model.family != "llada":
+        raise ConfigError("model.family", f"{config.model.family!r}: likelihood.kind='diffusion' needs a masked-diffusion "
+                          "model (model.family=llada, or a llada checkpoint in model.path)")
+    for key in ("ld_alpha", "use_weighting"):
+        if config.loss.get(key) not in (None, False):
+            raise ConfigError(f"loss.{key}", "needs per-token log-probs, which a diffusion ELBO does not give")
+    if losses.input_kind(name) == "ranked":
+        raise ConfigError("loss.name", f"{name!r}: listwise losses on diffusion ELBOs are not wired yet")
+    if config.data.packing:
+        raise ConfigError("data.packing", "packing is not supported with likelihood.kind='diffusion' yet")
+    if config.likelihood.n_mc < 1:
+        raise ConfigError("likelihood.n_mc", f"must be at least 1, got {config.likelihood.n_mc}")
+    _one_of(config, "likelihood.estimator", ESTIMATORS)
+
+
 def _validate_packing(config) -> None:
     from pojax.objectives.packed import check_packable
 
@@ -256,8 +275,8 @@ def validate(config) -> None:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
     if config.task in ("train", "sft", "eval"):
-        if config.likelihood.kind != "autoregressive":
-            raise ConfigError("likelihood.kind", f"{config.likelihood.kind!r}: training with diffusion ELBOs is not implemented yet")
+        if config.likelihood.kind == "diffusion":
+            _validate_diffusion(config)
         if config.data.packing:
             _validate_packing(config)
         if config.reference.mode == "precomputed" and config.loss.get("ld_alpha") is not None:

@@ -88,7 +88,7 @@ def test_paired_and_unpaired_must_match():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("likelihood.kind", "diffusion", "config key likelihood.kind: 'diffusion': training with diffusion ELBOs is not implemented yet"),
+    ("likelihood.kind", "diffusion", "config key model.family: 'llama': likelihood.kind='diffusion' needs a masked-diffusion model"),
 ])
 def test_unimplemented_training_switches_are_refused(key, value, message):
     config = base_config()

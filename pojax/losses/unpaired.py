@@ -62,19 +62,49 @@ def kto_z0(logps: UnpairedLogps):
     return jax.lax.stop_gradient(jnp.maximum(jnp.mean(logps.kl - logps.ref_kl), 0.0))
 
 
+KTO_REFERENCE_POINTS = ("kl", "batch_mean", "zero")
+
+
+def _saturation(s):
+    """Fractions of rows whose sigmoid argument |s| = |β(r - z0)| exceeds 6 and 8 (σ′ < 2.5e-3
+    and < 3.4e-4: those rows hardly train). ELBO-KTO's diagnostics (the authors' train.py)."""
+    a = jnp.abs(jax.lax.stop_gradient(s))
+    return {"abs_beta_s/frac>6": jnp.mean(a > 6.0), "abs_beta_s/frac>8": jnp.mean(a > 8.0)}
+
+
 @register("kto")
-def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0) -> LossOutput:
+def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0,
+        kto_reference_point: str = "kl") -> LossOutput:
     r"""KTO (Ethayarajh et al., arXiv 2402.01306, Eq. 7–8), as in TRL's KTOTrainer:
 
     L = λ_D (1 - σ(β(r - z0)))  for desirable y,
         λ_U (1 - σ(β(z0 - r)))  for undesirable y,
 
-    λ_D = ``desirable_weight``, λ_U = ``undesirable_weight``, z0 from ``kto_z0`` (couples the
-    batch; clamped at 0 and without gradient, as in the paper and TRL).
+    λ_D = ``desirable_weight``, λ_U = ``undesirable_weight``. The reference point z0 (always
+    without gradient; it couples the batch) is chosen by ``kto_reference_point``:
+
+    - ``"kl"`` (default; the paper and TRL): ``kto_z0``, the mismatched completions' mean
+      log-ratio clamped at 0; needs ``kl`` / ``ref_kl``.
+    - ``"batch_mean"`` (ELBO-KTO, arXiv 2510.23658, the authors' default ``global_mean``):
+      z0 = mean_B(r), detached. Under a mesh, ``jnp.mean`` over the batch sharded on
+      ("data", "fsdp") is the mean over the *global* batch (XLA all-reduces it), as the
+      authors' all_reduce does.
+    - ``"zero"``: z0 = 0.
+
+    Metrics: TRL's, ``kl`` (= z0 whatever its kind), and the saturation fractions
+    ``abs_beta_s/frac>6`` / ``abs_beta_s/frac>8`` of |β(r - z0)|.
     """
-    logps = _cast(logps, "kto", need_kl=True)
-    z0 = kto_z0(logps)
+    if kto_reference_point not in KTO_REFERENCE_POINTS:
+        raise ValueError(f"unknown kto_reference_point {kto_reference_point!r}; "
+                         f"known: {', '.join(KTO_REFERENCE_POINTS)}")
+    logps = _cast(logps, "kto", need_kl=kto_reference_point == "kl")
     r = logps.completion - logps.ref_completion
+    if kto_reference_point == "kl":
+        z0 = kto_z0(logps)
+    elif kto_reference_point == "batch_mean":
+        z0 = jax.lax.stop_gradient(jnp.mean(r))
+    else:
+        z0 = jnp.zeros((), jnp.float32)
     loss = jnp.where(
         logps.label,
         desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r - z0))),
@@ -82,6 +112,7 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
     )
     metrics = _metrics(logps, beta * r)
     metrics["kl"] = z0
+    metrics.update(_saturation(beta * (r - z0)))
     return LossOutput(loss=loss, metrics=metrics)
 
 

@@ -8,10 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pojax.config import loss_hparams
 from pojax.data import gym as gym_lib
-from pojax.models.lora import without_adapters
-from pojax.objectives import pair_logps, preference_loss, ranked_logps, unpaired_logps
+from pojax.objectives import pair_logps, ranked_logps, unpaired_logps
 from pojax.sampling import diffusion, generate
 
 
@@ -34,42 +32,51 @@ def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int) 
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def preference_evaluator(config, *, lora_base: bool = False):
+def preference_evaluator(config, *, lora_base: bool = False, mask_id: int | None = None):
     """``evaluate(policy, reference, rows, loss_state=None) -> {eval_*: value}``: mean loss and
     TRL metrics of ``policy`` on ``rows`` (example-weighted over batches of the micro-batch
     size), as TRL's evaluation names them: eval_loss, eval_rewards/accuracies, ... One jitted
-    program serves every call.
+    program serves every call; ``mask_id`` evaluates a diffusion run on ELBOs.
 
-    The reference is a model, or None when the rows carry precomputed reference log-probs or the
-    loss is reference-free; ``lora_base`` uses the policy with its adapters off. BCO's running δ
-    (``loss_state``) is the one the training reached."""
-    name, hparams, chunk = config.loss.name, loss_hparams(config), config.likelihood.chunk_size
+    The reference is a model, or None when the rows carry precomputed reference values or the
+    loss is reference-free; ``lora_base`` uses the policy with its adapters off. A running loss
+    state (BCO's δ, β-DPO's statistics) is the one the training reached."""
+    from pojax.train.objectives import preference_objective
+
+    objective, _ = preference_objective(config, mask_id=mask_id, lora_base=lora_base, packed=False)
     bs = max(config.train.batch_size // config.train.grad_accum_steps, 1)
 
     @nnx.jit
     def fn(p, r, b, loss_state):
-        ref = without_adapters(p) if lora_base else r
-        loss, metrics, _ = preference_loss(p, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=loss_state)
+        loss, metrics, _ = objective(p, r, b, loss_state)
         return loss, metrics
 
     def evaluate(policy, reference, rows: dict, loss_state=None) -> dict:
         n = len(next(iter(rows.values())))
-        totals, count = {}, 0
+        totals, weights, count = {}, {}, 0
         for start in range(0, n, bs):
             b = {k: jnp.asarray(v[start:start + bs]) for k, v in rows.items()}
             m = len(next(iter(b.values())))
             loss, metrics = fn(policy, reference, b, loss_state)
             for k, v in dict(jax.device_get(metrics), loss=loss).items():
-                totals[k] = totals.get(k, 0.0) + float(v) * m
+                totals.setdefault(k, 0.0)
+                weights.setdefault(k, 0)
+                if np.isfinite(float(v)):  # e.g. KTO's rewards/chosen of a batch without desirable rows
+                    totals[k] += float(v) * m
+                    weights[k] += m
             count += m
-        return {f"eval_{k}": v / count for k, v in totals.items()} | {"eval_num_examples": count}
+        return ({f"eval_{k}": (v / weights[k] if weights[k] else float("nan")) for k, v in totals.items()}
+                | {"eval_num_examples": count})
 
     return evaluate
 
 
 def preference_eval(policy, reference, rows: dict, config, *, loss_state=None, lora_base: bool = False) -> dict:
     """One evaluation with ``preference_evaluator`` (see there)."""
-    return preference_evaluator(config, lora_base=lora_base)(policy, reference, rows, loss_state)
+    from pojax.train.objectives import mask_id_of
+
+    return preference_evaluator(config, lora_base=lora_base, mask_id=mask_id_of(policy, config))(
+        policy, reference, rows, loss_state)
 
 
 def gold_eval(gym: gym_lib.Gym, policy, before, config) -> dict:
@@ -84,8 +91,9 @@ def gold_eval(gym: gym_lib.Gym, policy, before, config) -> dict:
     for name, model in (("after", policy), ("before", before)):
         key = jax.random.key(config.train.seed + 11)
         if getattr(model.config, "mask_token_id", None) is not None:  # masked diffusion: LLaDA's reverse process
-            n = gym.response_len
-            out = np.asarray(diffusion.generate(model, jnp.asarray(rows), key, gen_length=n, steps=n, block_length=n,
+            length = gym.response_len
+            out = np.asarray(diffusion.generate(model, jnp.asarray(rows), key, gen_length=length, steps=length,
+                                                block_length=length,
                                                 temperature=config.eval.temperature, mask_id=model.config.mask_token_id))
         else:
             out = np.asarray(generate(model, jnp.asarray(rows), key, max_new_tokens=gym.response_len,

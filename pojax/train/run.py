@@ -15,12 +15,13 @@ from absl import logging
 from flax import nnx
 
 from pojax import sharding
-from pojax.config import ConfigError, loss_hparams
+from pojax.config import ConfigError
 from pojax.data.pipeline import ArraySource, make_dataset
 from pojax.models import CausalLM, LLaDA, ModelConfig, from_pretrained, save_pretrained
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
-from pojax.objectives import initial_loss_state, packed_preference_loss, preference_loss, sft_loss
-from pojax.train.evaluate import gold_eval, preference_evaluator, reference_logps
+from pojax.train.evaluate import gold_eval, preference_evaluator
+from pojax.train.objectives import (mask_id_of, preference_objective, reference_values, sft_objective,
+                                    with_example_ids)
 from pojax.train import metrics as metrics_lib
 from pojax.train.data import file_data, gym_data, packed
 from pojax.train.loop import run_stage
@@ -75,13 +76,15 @@ def check_batch(config) -> int:
 
 
 def sft_stage(model, rows: dict, config, workdir: str, mesh, rules, *, steps: int, learning_rate: float):
-    """Supervised fine-tuning on the completion tokens of ``rows`` (input_ids, completion_mask)."""
+    """Supervised fine-tuning on the completion tokens of ``rows`` (input_ids, completion_mask):
+    token NLL, or LLaDA's masked-diffusion SFT loss for a diffusion run."""
     sft_config = config.copy_and_resolve_references()
     with sft_config.unlocked():
         sft_config.optimizer.learning_rate = learning_rate
-    chunk, bs, seed = config.likelihood.chunk_size, check_batch(config), config.train.seed
+    bs, seed = check_batch(config), config.train.seed
+    objective, loss_state = sft_objective(config, mask_id_of(model, config))
     model, _, _ = run_stage(
-        "sft", model, objective=lambda m, ref, b, ls: (*sft_loss(m, b, chunk_size=chunk), ls),
+        "sft", model, objective=objective, loss_state=loss_state,
         dataset=make_dataset(ArraySource(rows), batch_size=bs, seed=seed + 1), steps=steps, tx=make_optimizer(sft_config, steps),
         workdir=workdir, config=config, mesh=mesh, rules=rules, metrics_file="metrics_sft.jsonl")
     return model
@@ -130,20 +133,24 @@ def run_train(config, workdir: str | None) -> dict:
     data = gym_data(config) if gym else file_data(config, load_tokenizer(config))
     mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
     model = build_model(config, data.vocab_size, mesh, rules)
-    seed, chunk, bs = config.train.seed, config.likelihood.chunk_size, check_batch(config)
+    seed, bs = config.train.seed, check_batch(config)
     if data.sft is not None:
         model = sft_stage(model, data.sft, config, workdir, mesh, rules, steps=config.train.sft_steps,
                           learning_rate=config.train.sft_learning_rate)
 
     rows, held, mode = data.preference, data.held_out, config.reference.mode
+    mask_id = mask_id_of(model, config)
+    if mask_id is not None:  # stable ids key each example's fixed ELBO draws
+        rows = with_example_ids(rows)
+        held = None if held is None else with_example_ids(held, offset=len(next(iter(rows.values()))))
     trainable, reference, before = nnx.Param, None, None
     if mode == "copy":
         reference = before = _copy(model)
-    elif mode == "precomputed":  # one pass of the starting policy, then only its log-probs are kept
+    elif mode == "precomputed":  # one pass of the starting policy, then only its values are kept
         before = _copy(model)
-        kw = dict(batch_size=bs, chunk_size=chunk)
-        rows = dict(rows, **reference_logps(before, rows, **kw))
-        held = None if held is None else dict(held, **reference_logps(before, held, **kw))
+        kw = dict(mask_id=mask_id, batch_size=bs)
+        rows = dict(rows, **reference_values(before, rows, config, **kw))
+        held = None if held is None else dict(held, **reference_values(before, held, config, **kw))
         if not gym:
             before = None
     elif mode == "lora_base":  # the reference is the policy with its adapters off: no second copy
@@ -151,21 +158,13 @@ def run_train(config, workdir: str | None) -> dict:
         trainable = nnx.All(nnx.LoRAParam)
     else:
         before = _copy(model) if gym else None
-    hparams, name = loss_hparams(config), config.loss.name
-
-    loss_fn = packed_preference_loss if config.data.packing else preference_loss
-
-    def objective(m, ref, b, ls):
-        if mode == "lora_base":
-            ref = without_adapters(m)
-        return loss_fn(m, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=ls)
-
-    evaluator = preference_evaluator(config, lora_base=mode == "lora_base")
+    name = config.loss.name
+    objective, loss_state = preference_objective(config, mask_id=mask_id, lora_base=mode == "lora_base")
+    evaluator = preference_evaluator(config, lora_base=mode == "lora_base", mask_id=mask_id)
 
     def eval_fn(policy, loss_state):
         return evaluator(policy, reference, held, loss_state)
 
-    loss_state = initial_loss_state(name)
     results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps}
     if config.data.packing:
         dataset, results["packing_efficiency"] = packed_dataset(rows, config, bs, seed + 4)

@@ -1,0 +1,97 @@
+"""The batch objectives of a run config: ``likelihood.kind`` picks exact autoregressive
+log-probs or masked-diffusion ELBOs, ``data.packing`` the packed path, ``reference.mode`` where
+the reference comes from. Each objective is ``(model, reference, batch, loss_state) -> (loss,
+metrics, loss_state)`` for pojax.train.loop.run_stage.
+
+Diffusion randomness is stateless: SFT masks come from ``fold_in(key, counter)`` with the counter
+carried in the loss state (so a resumed run draws the same masks); preference ELBOs use fixed
+per-example draws (``fold_in(key, example_id)``, the ELBO-KTO authors' choice), shared by policy
+and reference, which keeps a precomputed reference valid.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pojax.config import ConfigError, loss_hparams
+from pojax.models.lora import without_adapters
+from pojax.objectives import initial_loss_state, packed_preference_loss, preference_loss, sft_loss
+from pojax.objectives import diffusion as diff_obj
+
+
+def mask_id_of(model, config) -> int | None:
+    """The [MASK] id of a diffusion run's model (None for autoregressive runs)."""
+    if config.likelihood.kind != "diffusion":
+        return None
+    mask_id = getattr(model.config, "mask_token_id", None)
+    if mask_id is None:
+        raise ConfigError("likelihood.kind", "'diffusion' needs a masked-diffusion model: model.family=llada "
+                          "or a llada checkpoint in model.path")
+    return int(mask_id)
+
+
+def _draw_key(config):
+    return jax.random.PRNGKey(config.train.seed + 13)
+
+
+def sft_objective(config, mask_id: int | None):
+    """(objective, initial loss state) of the SFT stage."""
+    chunk = config.likelihood.chunk_size
+    if mask_id is None:
+        return (lambda m, ref, b, ls: (*sft_loss(m, b, chunk_size=chunk), ls)), None
+    base = jax.random.PRNGKey(config.train.seed + 9)
+
+    def objective(m, ref, b, counter):
+        loss, metrics = diff_obj.diffusion_sft_loss(m, b, jax.random.fold_in(base, counter), mask_id=mask_id,
+                                                    chunk_size=chunk)
+        return loss, metrics, counter + 1
+
+    return objective, jnp.zeros((), jnp.int32)
+
+
+def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed: bool | None = None):
+    """(objective, initial loss state) of the preference stage (``packed`` defaults to
+    data.packing; evaluation reads unpacked rows)."""
+    name, hparams, chunk = config.loss.name, loss_hparams(config), config.likelihood.chunk_size
+    if mask_id is not None:
+        lk = config.likelihood
+        kw = dict(loss_name=name, hparams=hparams, key=_draw_key(config), n_mc=lk.n_mc, mask_id=mask_id,
+                  estimator=lk.estimator, chunk_size=chunk)
+        loss_fn = lambda m, ref, b, ls: diff_obj.diffusion_preference_loss(m, ref, b, state=ls, **kw)
+    else:
+        packed = config.data.packing if packed is None else packed
+        inner = packed_preference_loss if packed else preference_loss
+        loss_fn = lambda m, ref, b, ls: inner(m, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=ls)
+
+    def objective(m, ref, b, ls):
+        return loss_fn(m, without_adapters(m) if lora_base else ref, b, ls)
+
+    return objective, initial_loss_state(name)
+
+
+def with_example_ids(rows: dict, offset: int = 0) -> dict:
+    """Rows with ``example_id`` [N] int32 (their dataset index + offset): the key of their
+    fixed diffusion draws."""
+    n = len(next(iter(rows.values())))
+    return dict(rows, example_id=np.arange(offset, offset + n, dtype=np.int32))
+
+
+def reference_values(reference, rows: dict, config, *, mask_id: int | None, batch_size: int) -> dict:
+    """The reference's per-sequence values of every row, computed once: log-likelihoods, or
+    ELBOs with the very draws training will use."""
+    from pojax.train.evaluate import reference_logps
+
+    if mask_id is None:
+        return reference_logps(reference, rows, batch_size=batch_size, chunk_size=config.likelihood.chunk_size)
+    from flax import nnx
+
+    lk = config.likelihood
+    fn = nnx.jit(lambda ref, b: diff_obj.precompute_reference(
+        ref, b, _draw_key(config), n_mc=lk.n_mc, mask_id=mask_id, estimator=lk.estimator,
+        chunk_size=lk.chunk_size))
+    n, outs = len(next(iter(rows.values()))), {}
+    for start in range(0, n, batch_size):
+        for k, v in fn(reference, {k: v[start:start + batch_size] for k, v in rows.items()}).items():
+            outs.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in outs.items()}
