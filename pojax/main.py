@@ -54,9 +54,14 @@ def main(argv) -> int:
     except ConfigError as e:
         print(f"pojax: {e}", file=sys.stderr)
         return 2
+    from pojax.distributed import maybe_initialize
+
+    maybe_initialize(config)  # before any JAX computation
     print(config.to_json_best_effort(indent=2, sort_keys=True))
     workdir = _WORKDIR.value
-    if workdir:
+    import jax
+
+    if workdir and jax.process_index() == 0:  # process 0 writes the run's files
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))

@@ -18,16 +18,29 @@ PLOTS = (
 )
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0 of a multi-host run)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 class MetricsWriter:
     """Appends one JSON object per step to ``workdir/metrics.jsonl`` (resumes append) and, with
-    ``tensorboard`` set, the same scalars to TensorBoard events in workdir/tensorboard/<name>."""
+    ``tensorboard`` set, the same scalars to TensorBoard events in workdir/tensorboard/<name>.
+    In a multi-host run only process 0 writes."""
 
     def __init__(self, workdir: str, name: str = "metrics.jsonl", tensorboard: str | None = None):
         self.path = os.path.join(workdir, name)
-        os.makedirs(workdir, exist_ok=True)
-        self.events = None if tensorboard is None else EventWriter(os.path.join(workdir, "tensorboard", tensorboard))
+        self.primary = is_primary()
+        if self.primary:
+            os.makedirs(workdir, exist_ok=True)
+        self.events = None if tensorboard is None or not self.primary else EventWriter(
+            os.path.join(workdir, "tensorboard", tensorboard))
 
     def write(self, step: int, values: dict) -> None:
+        if not self.primary:
+            return
         row = {"step": int(step)}
         row.update({k: _plain(v) for k, v in values.items()})
         with open(self.path, "a") as f:
@@ -43,6 +56,8 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops lines logged after ``step`` (a resumed run rewrites them)."""
+        if not self.primary:
+            return
         rows = [r for r in self.read() if r["step"] <= step]
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -56,7 +71,10 @@ def _plain(v):
 
 
 def write_plots(rows: list[dict], outdir: str, extra: dict | None = None) -> list[str]:
-    """One PNG per metric group present in ``rows``; returns the paths written."""
+    """One PNG per metric group present in ``rows``; returns the paths written (none on a
+    process other than 0)."""
+    if not is_primary():
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,5 +102,7 @@ def write_plots(rows: list[dict], outdir: str, extra: dict | None = None) -> lis
 
 
 def write_results(workdir: str, results: dict) -> None:
+    if not is_primary():
+        return
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump({k: _plain(v) for k, v in results.items()}, f, indent=2)
