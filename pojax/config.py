@@ -103,6 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.schedule = "cosine"  # cosine | linear | constant, after warm-up
     c.optimizer.warmup_steps = 10  # steps
     c.optimizer.weight_decay = 0.0  # AdamW decoupled weight decay
+    c.optimizer.b1 = 0.9  # AdamW β1
+    c.optimizer.b2 = 0.999  # AdamW β2
     c.optimizer.max_grad_norm = 1.0  # global-norm clipping; 0 = off
 
     c.train = ml_collections.ConfigDict()

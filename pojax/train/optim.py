@@ -27,7 +27,7 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     parts = []
     if o.max_grad_norm and o.max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(o.max_grad_norm))
-    parts.append(optax.adamw(schedule(config, total_steps), b1=0.9, b2=0.999, eps=1e-8, weight_decay=o.weight_decay))
+    parts.append(optax.adamw(schedule(config, total_steps), b1=o.b1, b2=o.b2, eps=1e-8, weight_decay=o.weight_decay))
     tx = optax.chain(*parts)
     if config.train.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.train.grad_accum_steps)
