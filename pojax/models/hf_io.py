@@ -13,6 +13,9 @@ differs (transformers' Linear stores [out, in]; pojax stores kernels as [in..., 
 heads split out). All problems of a checkpoint (missing tensors, missing shard files, shapes
 that disagree with config.json) are collected and raised together in one error before any
 parameter is replaced.
+
+Only safetensors are read: a directory holding just a PyTorch pickle (pytorch_model.bin) is
+refused with the command that converts it, since unpickling runs code from the file.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ from pojax.models.transformer import CausalLM
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+# PyTorch pickle checkpoints: refused (never unpickled), with how to convert them to safetensors
+PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".pt", ".pth", ".ckpt")
 
 # pojax path (within the model) -> (transformers name, layout); layout "copy" (same shape),
 # "reshape" (same data, heads split), or ("linear", n_in): a transformers [out, in] weight
@@ -166,6 +171,13 @@ class _Checkpoint:
             with safe_open(os.path.join(path, SINGLE_FILE), framework="numpy") as f:
                 self.where = {k: SINGLE_FILE for k in f.keys()}
         else:
+            pickled = sorted(f for f in os.listdir(path) if f.endswith(PICKLE_SUFFIXES))
+            if pickled:  # torch.load unpickles, and unpickling runs code that came with the file
+                raise CheckpointError(
+                    f"{path}: only {pickled[0]} (a PyTorch pickle) is here, and pojax loads safetensors only because "
+                    "unpickling can run code from the file. Convert it once where you trust the file: "
+                    "transformers.AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True) "
+                    f"writes {SINGLE_FILE}")
             raise CheckpointError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
         self._open = {}
 
@@ -201,7 +213,8 @@ def _check(ckpt: _Checkpoint, names: dict, abstract: dict) -> None:
             elif not os.path.exists(os.path.join(ckpt.path, fname)):
                 problems.append(f"tensor {name!r}: shard file {fname!r} is missing")
             elif ckpt.shape(name) != want:
-                problems.append(f"tensor {name!r} in {fname} has shape {ckpt.shape(name)} but config.json implies {want}")
+                problems.append(f"tensor {name!r} in {fname} has shape {ckpt.shape(name)} but config.json implies {want} "
+                                f"(pojax parameter {'.'.join(map(str, path))}); is config.json the checkpoint's own?")
     if problems:
         raise CheckpointError(f"checkpoint {ckpt.path}: " + "; ".join(problems))
 

@@ -15,7 +15,10 @@ class Checkpoints:
 
     def __init__(self, directory: str, keep: int, best_metric: str | None = None, best_mode: str = "min"):
         best = {} if not best_metric else dict(best_fn=lambda m: m[best_metric], best_mode=best_mode)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, **best)
+        # cleanup_tmp_directories: a save killed mid-write leaves a *.orbax-checkpoint-tmp-* dir, which
+        # latest_step() never lists; it is removed when the next run opens the directory.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                               cleanup_tmp_directories=True, **best)
         self.manager = ocp.CheckpointManager(directory, options=options)
 
     def best_step(self) -> int | None:

@@ -17,7 +17,7 @@ from pojax.config import ConfigError
 from pojax.data.pipeline import make_iterator, restore_iterator
 from pojax.train.checkpoint import Checkpoints
 from pojax.train.metrics import MetricsWriter
-from pojax.train.step import init_state, make_train_step
+from pojax.train.step import NonFiniteError, init_state, make_train_step
 
 _BAR_KEYS = (("loss", "loss"), ("rewards/accuracies", "acc"), ("tokens_per_s", "tok/s"))
 
@@ -59,6 +59,14 @@ class _Mean:
         return {k: (self.sums[k] / c if c else float("nan")) for k, c in self.counts.items()}
 
 
+def _close(bar, data_iter, ckpt, best) -> None:
+    bar.close()
+    data_iter.close()
+    ckpt.close()  # waits for the async saves in flight
+    if best is not None:
+        best.close()
+
+
 def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx, workdir: str,
               config, mesh, rules, trainable=nnx.Param, reference=None, loss_state=None, metrics_file="metrics.jsonl",
               eval_fn: Callable | None = None):
@@ -74,6 +82,10 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
     objective(model, reference, batch, loss_state) -> (loss, metrics, loss_state). The
     reference (a model or None) is passed to the jitted step as an argument, never baked in.
     Checkpoints go to workdir/checkpoints/<name>; a finished stage restores and returns.
+
+    A micro-batch with a non-finite loss or gradient changes nothing (pojax.train.step) and is
+    counted in the step's ``skipped`` metric; with ``train.nan_policy`` = "stop" the stage
+    raises NonFiniteError naming the step instead, before that step is logged or saved.
 
     ``eval_fn(model, loss_state) -> {eval_*: value}`` runs every ``eval.every_steps`` steps and
     at the last step; its figures join that step's metrics line, and with
@@ -114,6 +126,7 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
                                                     keep=config.checkpoint.keep_best, best_metric=best_metric,
                                                     best_mode=config.checkpoint.best_mode)
     writer = MetricsWriter(workdir, metrics_file, tensorboard=name)
+    nan_policy = config.train.nan_policy  # skip | stop: what a step with a non-finite loss or gradient does
     start, eval_metrics = 0, None
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state, data_iter=data_iter)
@@ -127,13 +140,22 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
     with sharding.use_mesh(mesh, rules):
         for step in range(start, steps):
             t0, tokens, mean = time.perf_counter(), 0, _Mean()
+            skipped = 0
             for _ in range(accum):
                 host_batch = next(data_iter)
                 tokens += tokens_in(host_batch) * hosts
                 state, m = jitted(state, to_global(host_batch), frozen, ref_state)
-                mean.add(jax.device_get(m))
+                m = jax.device_get(m)  # the one fetch per micro-batch; the non-finite flag rides along
+                skipped += int(m.pop("skipped"))
+                mean.add(m)
+                if skipped and nan_policy == "stop":
+                    _close(bar, data_iter, ckpt, best)  # in-flight saves of earlier (good) steps complete
+                    raise NonFiniteError(name, step + 1, mean.result())
             dt = time.perf_counter() - t0
-            metrics = dict(mean.result(), step_time_s=dt, tokens_per_s=tokens / dt)
+            metrics = dict(mean.result(), skipped=skipped, step_time_s=dt, tokens_per_s=tokens / dt)
+            if skipped:
+                logging.warning("%s: step %d: %d micro-batch(es) with a non-finite loss or gradients skipped "
+                                "(train.nan_policy=skip)", name, step + 1, skipped)
             last = step + 1 == steps
             evaluated = eval_fn is not None and ((step + 1) % config.eval.every_steps == 0 or last)
             if evaluated:
@@ -150,10 +172,6 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
             bar.update(1)
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == steps:
                 ckpt.save(step + 1, state, {"step": step + 1}, data_iter=data_iter)
-    bar.close()
-    data_iter.close()
-    ckpt.close()
-    if best is not None:
-        best.close()
+    _close(bar, data_iter, ckpt, best)
     nnx.update(model, state.params)
     return model, state, eval_metrics

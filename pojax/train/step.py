@@ -1,5 +1,17 @@
 """The pure train step: (state, batch) -> (state, metrics) under one jax.jit with explicit
-shardings. Parameters travel as an nnx.State (a pytree); the model graph is static."""
+shardings. Parameters travel as an nnx.State (a pytree); the model graph is static.
+
+Non-finite guard: the step checks ``isfinite(loss) & all(isfinite(grads))`` on the device and,
+when it fails, returns the input state unchanged except for ``step`` (parameters, optimizer
+state and loss state are selected tree-wise with ``jnp.where``), with the metric ``skipped`` = 1.
+No value is fetched to the host for this: the loop reads ``skipped`` with the step's other
+metrics and applies ``train.nan_policy`` (skip: carry on; stop: raise NonFiniteError).
+
+With gradient accumulation (optax.MultiSteps, ``train.grad_accum_steps`` = k) the step is one
+micro-batch: a non-finite micro-batch is dropped whole, MultiSteps' accumulator and its
+micro-step counter included, so that optimizer update averages the next k finite micro-batches
+(its boundary moves one micro-batch later; the optimizer state in checkpoints records where).
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -8,6 +20,16 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+
+
+class NonFiniteError(RuntimeError):
+    """A step whose loss or gradients were NaN/inf under ``train.nan_policy = "stop"``."""
+
+    def __init__(self, stage: str, step: int, metrics: dict):
+        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "grad_norm") if k in metrics)
+        super().__init__(f"{stage}: step {step}: non-finite loss or gradients ({shown}); train.nan_policy=stop, so "
+                         "training stopped without saving this step (the latest checkpoint is the last good one)")
+        self.stage, self.step = stage, step
 
 
 @struct.dataclass
@@ -24,6 +46,17 @@ def init_state(params, tx: optax.GradientTransformation, loss_state=None) -> Tra
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), loss_state=loss_state)
 
 
+def all_finite(loss, grads) -> jax.Array:
+    """() bool: the loss and every gradient entry are finite (a device value, no host sync)."""
+    leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+    return jnp.logical_and(jnp.isfinite(loss), jnp.all(jnp.stack(leaves)) if leaves else True)
+
+
+def _keep_if(ok, new, old):
+    """``new`` where ``ok`` else ``old``, leaf by leaf (both trees of the same structure)."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
 def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformation):
     """The pure step ``(state, batch, frozen, ref_state) -> (state, metrics)``.
 
@@ -31,6 +64,9 @@ def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformat
     frozen variables (a LoRA base, RoPE tables) as an argument. ``objective(model, batch,
     loss_state, ref_state) -> (loss, metrics, new_loss_state)``; the reference's variables are
     an argument too, so jit never bakes weights into the program.
+
+    A step whose loss or gradients are not all finite changes nothing but ``step`` and reports
+    ``skipped`` = 1 (else 0) in its metrics; see the module docstring.
     """
 
     def step(state: TrainState, batch, frozen, ref_state):
@@ -40,9 +76,15 @@ def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformat
             return loss, (metrics, loss_state)
 
         (loss, (metrics, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        finite = all_finite(loss, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        # jnp.where (not lax.cond): both branches are already computed, and where keeps the
+        # shardings of the state without a cond's output-sharding constraints.
+        params, opt_state, loss_state = _keep_if(finite, (params, opt_state, loss_state),
+                                                 (state.params, state.opt_state, state.loss_state))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                       skipped=jnp.logical_not(finite).astype(jnp.int32))
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, loss_state=loss_state)
         return new, metrics
 
