@@ -276,7 +276,7 @@ def validate(config) -> None:
     if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
-    if config.task in ("train", "sft", "eval"):
+    if config.task in ("train", "sft", "pretrain", "eval"):
         if config.likelihood.kind == "diffusion":
             _validate_diffusion(config)
         if config.data.packing:

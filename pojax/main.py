@@ -36,6 +36,7 @@ def _task(module: str, name: str):
 TASK_RUNNERS: dict = {
     "train": _task("pojax.train.run", "run_train"),
     "sft": _task("pojax.train.tasks", "run_sft"),
+    "pretrain": _task("pojax.train.tasks", "run_pretrain"),
     "eval": _task("pojax.train.tasks", "run_eval"),
     "export": _task("pojax.train.tasks", "run_export"),
 }
@@ -71,12 +72,16 @@ def main(argv) -> int:
         print(f"pojax: config valid; task {config.task!r} is not implemented yet (see the issue tracker)")
         return 0
     from pojax.data.formats import DataError
+    from pojax.train.step import NonFiniteError
 
     try:
         runner(config, workdir)
     except (ConfigError, DataError) as e:  # bad config or bad data: one line naming key / file, row, field
         print(f"pojax: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:  # train.nan_policy = "stop": the last good checkpoint is the latest
+        print(f"pojax: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

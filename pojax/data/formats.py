@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -70,19 +71,25 @@ def read_rows(path: str) -> Iterator[tuple[str, int, dict | DataError]]:
                 i += 1
         return
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        if path.endswith((".json", ".json.gz")):
-            data = json.load(f)
-            rows = data if isinstance(data, list) else data.get("data", [])
-            for i, row in enumerate(rows):
-                yield path, i, row
-            return
+    if path.endswith((".json", ".json.gz")):
+        with opener(path, "rt", encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(path, 0, "-", f"not a valid UTF-8 JSON document ({e})") from None
+        rows = data if isinstance(data, list) else data.get("data", [])
+        for i, row in enumerate(rows):
+            yield path, i, row
+        return
+    with opener(path, "rb") as f:  # bytes: a line that is not UTF-8 is that row's error, not a crash
         i = 0
-        for line in f:
-            if not line.strip():
+        for raw in f:
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                row = DataError(path, i, "-", "not valid UTF-8")
             except json.JSONDecodeError as e:
                 row = DataError(path, i, "-", f"not valid JSON ({e.msg})")
             yield path, i, row
@@ -160,8 +167,8 @@ def _hh_turns(text, path, i, field) -> tuple[list[dict], str, str]:
 
 def _score(row, path, i, field) -> float:
     value = row[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(path, i, field, f"expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(path, i, field, f"expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -197,7 +204,8 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
         comps, scores = row["completions"], row["scores"]
         if not isinstance(comps, list) or len(comps) < 2:
             raise DataError(path, i, "completions", "expected a list of at least 2 completions")
-        if not isinstance(scores, list) or len(scores) != len(comps) or not all(isinstance(s, (int, float)) for s in scores):
+        if not isinstance(scores, list) or len(scores) != len(comps) or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores):
             raise DataError(path, i, "scores", f"expected {len(comps)} numbers, one per completion")
         out = {"prompt": _messages(row["prompt"], path, i, "prompt"),
                "completions": [_completion(c, path, i, "completions") for c in comps], "scores": [float(s) for s in scores]}

@@ -154,6 +154,37 @@ def sft_data(config, tokenizer) -> RunData:
     return RunData(None, rows, {}, None)
 
 
+def pretrain_data(config, tokenizer) -> RunData:
+    """Language-modeling rows (task = "pretrain"): every token of the gym's sequences, or the
+    ``text`` column of data.path's rows (tokenized, EOS appended, truncated / right-padded to
+    data.max_prompt_length + data.max_completion_length). completion_mask marks the real tokens:
+    all of them are trained on (next-token NLL, or LLaDA's masked-diffusion loss)."""
+    if config.data.format == "gym":
+        gym = gym_lib.from_config(config)
+        rows = gym_lib.training_rows(gym, "sft", config.train.seed, config.data.gym.num_train)
+        return RunData(gym.vocab_size, {"input_ids": rows["input_ids"],
+                                        "completion_mask": np.ones(rows["input_ids"].shape, bool)}, {}, None, gym)
+    if not config.data.path:
+        raise ConfigError("data.path", "task 'pretrain' needs a file of rows with a 'text' field (or data.format=gym)")
+    width = config.data.max_prompt_length + config.data.max_completion_length
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids, masks = [], []
+    for file, i, row in formats.read_rows(config.data.path):
+        if isinstance(row, formats.DataError):
+            raise row
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"]:
+            raise formats.DataError(file, i, "text", "missing or empty (pretraining reads a 'text' string)")
+        tokens = tokenizer(row["text"])["input_ids"] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        tokens = tokens[:width]
+        out, mask = np.full(width, pad, np.int32), np.zeros(width, bool)
+        out[:len(tokens)], mask[:len(tokens)] = tokens, True
+        ids.append(out)
+        masks.append(mask)
+    if not ids:
+        raise formats.DataError(config.data.path, 0, "-", "no rows")
+    return RunData(None, {"input_ids": np.stack(ids), "completion_mask": np.stack(masks)}, {}, None)
+
+
 def packed(rows: dict, config, rows_per_batch: int) -> tuple[dict, float]:
     """Paired rows packed into batches of ``rows_per_batch`` rows of data.packed_length tokens
     (pojax.data.packing), stacked: {key: [num_batches, ...]}, and the packing efficiency

@@ -75,7 +75,8 @@ def check_batch(config) -> int:
     return config.train.batch_size // config.train.grad_accum_steps
 
 
-def sft_stage(model, rows: dict, config, workdir: str, mesh, rules, *, steps: int, learning_rate: float):
+def sft_stage(model, rows: dict, config, workdir: str, mesh, rules, *, steps: int, learning_rate: float,
+              name: str = "sft"):
     """Supervised fine-tuning on the completion tokens of ``rows`` (input_ids, completion_mask):
     token NLL, or LLaDA's masked-diffusion SFT loss for a diffusion run."""
     sft_config = config.copy_and_resolve_references()
@@ -84,9 +85,9 @@ def sft_stage(model, rows: dict, config, workdir: str, mesh, rules, *, steps: in
     bs, seed = check_batch(config), config.train.seed
     objective, loss_state = sft_objective(config, mask_id_of(model, config))
     model, _, _ = run_stage(
-        "sft", model, objective=objective, loss_state=loss_state,
+        name, model, objective=objective, loss_state=loss_state,
         dataset=make_dataset(ArraySource(rows), batch_size=bs, seed=seed + 1), steps=steps, tx=make_optimizer(sft_config, steps),
-        workdir=workdir, config=config, mesh=mesh, rules=rules, metrics_file="metrics_sft.jsonl")
+        workdir=workdir, config=config, mesh=mesh, rules=rules, metrics_file=f"metrics_{name}.jsonl")
     return model
 
 
@@ -101,10 +102,11 @@ def export(model, config, path: str, *, lora: bool = False) -> None:
 def write_plots(workdir: str) -> None:
     plots = os.path.join(workdir, "plots")
     metrics_lib.write_plots(metrics_lib.MetricsWriter(workdir).read(), plots)
-    sft_rows = metrics_lib.MetricsWriter(workdir, "metrics_sft.jsonl").read()
-    if sft_rows:
-        metrics_lib.write_plots([{"step": r["step"], "sft_loss": r["loss"]} for r in sft_rows], plots,
-                                extra={"sft_loss": ("sft_loss",)})
+    for stage in ("sft", "pretrain"):
+        rows = metrics_lib.MetricsWriter(workdir, f"metrics_{stage}.jsonl").read()
+        if rows:
+            key = f"{stage}_loss"
+            metrics_lib.write_plots([{"step": r["step"], key: r["loss"]} for r in rows], plots, extra={key: (key,)})
 
 
 def packed_dataset(rows: dict, config, rows_per_batch: int, seed: int):

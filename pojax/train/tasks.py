@@ -24,7 +24,7 @@ from pojax.models import from_pretrained
 from pojax.models.lora import apply_lora
 from pojax.train import metrics as metrics_lib
 from pojax.train.checkpoint import Checkpoints
-from pojax.train.data import eval_data, gym_data, sft_data
+from pojax.train.data import eval_data, gym_data, pretrain_data, sft_data
 from pojax.train.evaluate import gold_eval, preference_eval
 from pojax.train.optim import make_optimizer
 from pojax.train.run import build_model, export, load_tokenizer, lora_settings, sft_stage, write_plots
@@ -37,19 +37,24 @@ def _workdir(workdir: str | None) -> str:
     return workdir
 
 
-def run_sft(config, workdir: str | None) -> dict:
+def run_sft(config, workdir: str | None, *, task: str = "sft") -> dict:
+    """SFT (``task`` = "sft") or language-model pretraining (``task`` = "pretrain": every token
+    of the gym's sequences or of data.path's ``text`` rows), token NLL or LLaDA's masked-diffusion
+    loss; exports workdir/final and, on the gym, reports the gold reward against the untrained
+    model."""
     workdir = _workdir(workdir)
     gym = config.data.format == "gym"
-    data = sft_data(config, None if gym else load_tokenizer(config))
+    tokenizer = None if gym else load_tokenizer(config)
+    data = pretrain_data(config, tokenizer) if task == "pretrain" else sft_data(config, tokenizer)
     mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
     model = build_model(config, data.vocab_size, mesh, rules)
     start = build_model(config, data.vocab_size, mesh, rules) if gym else None  # the untrained policy
     model = sft_stage(model, data.sft, config, workdir, mesh, rules, steps=config.train.max_steps,
-                      learning_rate=config.optimizer.learning_rate)
+                      learning_rate=config.optimizer.learning_rate, name=task)
     if config.train.export_final:
         export(model, config, os.path.join(workdir, "final"))
-    rows = metrics_lib.MetricsWriter(workdir, "metrics_sft.jsonl").read()
-    results = {"task": "sft", "steps": config.train.max_steps, "sft_examples": len(data.sft["input_ids"]),
+    rows = metrics_lib.MetricsWriter(workdir, f"metrics_{task}.jsonl").read()
+    results = {"task": task, "steps": config.train.max_steps, f"{task}_examples": len(data.sft["input_ids"]),
                "final_loss": rows[-1]["loss"] if rows else None}
     if gym:
         results.update(gold_eval(data.gym, model, start, config))
@@ -57,6 +62,10 @@ def run_sft(config, workdir: str | None) -> dict:
     if config.logging.plots:
         write_plots(workdir)
     return results
+
+
+def run_pretrain(config, workdir: str | None) -> dict:
+    return run_sft(config, workdir, task="pretrain")
 
 
 def _prompts(path: str, limit: int) -> list:

@@ -45,3 +45,15 @@ def test_diffusion_needs_a_masked_diffusion_model_and_sequence_losses():
         validate(config(**{"loss.name": "sigmoid", "loss.ld_alpha": 0.5}))
     with pytest.raises(ConfigError, match="config key likelihood.n_mc"):
         validate(config(**{"likelihood.n_mc": 0}))
+
+
+def test_pretrain_task_lowers_the_masked_diffusion_loss(tmp_path):
+    from pojax.train.tasks import run_pretrain
+
+    c = config(**{"task": "pretrain", "train.max_steps": 150, "optimizer.learning_rate": 3e-3,
+                  "optimizer.warmup_steps": 0, "data.gym.num_train": 256, "train.batch_size": 16})
+    validate(c)
+    results = run_pretrain(c, str(tmp_path))
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "metrics_pretrain.jsonl")]
+    assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.1, (np.mean(losses[:20]), np.mean(losses[-20:]))
+    assert results["task"] == "pretrain" and results["pretrain_examples"] == 256
