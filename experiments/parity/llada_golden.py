@@ -16,6 +16,23 @@ own tensor names) and <out>/llada_tiny.npz:
     documents and padding in one row, scored by the reference one document at a time
   reference_sha256, versions: provenance.
 
+    python -m experiments.parity.llada_golden --reference=<dir> --generate=<LLaDA's generate.py>
+
+also runs ML-GSAI/LLaDA's generate.py (its ``generate``, imported from the given path) on that
+tiny checkpoint at temperature 0, low-confidence remasking, for SAMPLER_CONFIGS x cfg_scale in
+(0, 1) on three left-padded prompts, and writes <out>/llada_sampler.npz:
+  prompts, attention_mask [3, P] int32 (left padding with pad id 118 != mask id 119);
+  configs [C, 4] int32 (gen_length, steps, block_length, cfg_scale); tokens [C, 3, G] int32
+    (the generated tokens, prompt dropped);
+  confidence_gap, logit_gap [C, 3, max steps] float32 (nan past a config's steps): per step the
+    gap between the k-th and (k+1)-th confidence generate.py's top-k chooses from (inf when
+    every candidate is taken), and the smallest top-1 - top-2 logit gap over the k tokens it
+    unmasks: near-ties there are where float noise could make two ports disagree;
+  generate_sha256 (of generate.py), reference_sha256, versions.
+generate.py passes its [B, T] attention_mask to the model, whose reference (the modeling code
+used for the golden checkpoint) only takes a [B, 1, T, T] mask; ``_GenerateModel`` expands it
+to a key-padding mask (every query sees exactly the non-padding keys), what the mask means.
+
 The reference code is imported from a private copy of the two files (either import style,
 ``from .configuration_llada`` or ``from configuration_llada``). transformers 5.x dropped the
 ``use_cache`` attribute the reference's forward reads, so forwards pass ``use_cache=False``.
@@ -229,10 +246,151 @@ def write_golden(reference_dir: str, out: str) -> dict:
     return golden
 
 
+# Sampler configurations: (gen_length, steps, block_length); each run with cfg_scale 0 and 1.
+SAMPLER_CONFIGS = ((8, 8, 4), (8, 4, 8), (8, 8, 2), (8, 6, 4))  # (8, 6, 4): 2, 1, 1 per step
+CFG_SCALES = (0, 1)
+SAMPLER_PROMPT_LENGTHS = (5, 3, 4)
+# Prompts chosen away from near-ties: with these every recorded confidence gap is >= 2.8e-5 and
+# every logit gap >= 4.8e-4 (float32 noise between ports is ~1e-6); the first seed tried (1) had
+# a confidence gap of 5.8e-7, a tie float noise could break either way.
+SAMPLER_SEED = 2
+
+
+def sampler_prompts(config: dict, seed: int = SAMPLER_SEED):
+    """prompts [3, P] left-padded with pad_token_id, and their attention mask (1 on real tokens);
+    no prompt token is the mask or pad id."""
+    rng = np.random.default_rng(seed)
+    p = max(SAMPLER_PROMPT_LENGTHS)
+    special = min(config["mask_token_id"], config["pad_token_id"])
+    prompts = np.full((len(SAMPLER_PROMPT_LENGTHS), p), config["pad_token_id"], np.int32)
+    mask = np.zeros(prompts.shape, np.int32)
+    for row, n in enumerate(SAMPLER_PROMPT_LENGTHS):
+        prompts[row, p - n:] = rng.integers(0, special, n)
+        mask[row, p - n:] = 1
+    return prompts, mask
+
+
+def load_generate(path: str):
+    """generate.py as a module, imported from its path (it stays outside pojax)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"llada_generate_{len(_LOADED)}", os.path.abspath(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _GenerateModel:
+    """The reference model as generate.py calls it: ``.device``, ``model(x, attention_mask=m)``
+    with m [B, T] (expanded to the reference's [B, 1, T, T] key-padding mask), ``.logits``.
+    Also records, per call (= per denoising step), the near-tie gaps of generate.py's choices
+    (recomputed from the same logits with generate.py's formulas)."""
+
+    def __init__(self, model, *, prompt_len, gen_length, steps, block_length, cfg_scale, mask_id):
+        import torch
+
+        self.model, self.device = model, torch.device("cpu")
+        self.p, self.block_length, self.cfg_scale, self.mask_id = prompt_len, block_length, cfg_scale, mask_id
+        self.steps_per_block = steps // (gen_length // block_length)
+        self.calls, self.confidence_gap, self.logit_gap = 0, [], []
+
+    def __call__(self, x, attention_mask=None):
+        import torch
+
+        mask4 = None
+        if attention_mask is not None:
+            keys = attention_mask.to(torch.bool)[:, None, None, :]
+            mask4 = keys.expand(x.shape[0], 1, x.shape[1], x.shape[1])
+        out = self.model(x, attention_mask=mask4, use_cache=False)
+        self._gaps(x, out.logits)
+        self.calls += 1
+        return out
+
+    def _gaps(self, x, logits):
+        import torch
+
+        blk, i = divmod(self.calls, self.steps_per_block)
+        if self.cfg_scale > 0:
+            (x, _), (cond, un) = x.chunk(2), logits.chunk(2)
+            logits = un + (self.cfg_scale + 1) * (cond - un)
+        start, end = self.p + blk * self.block_length, self.p + (blk + 1) * self.block_length
+        masked = x == self.mask_id
+        if i == 0:
+            self.n_block = masked[:, start:end].sum(1)
+        n = self.n_block
+        k = n // self.steps_per_block + (i < n % self.steps_per_block).long()
+        top2 = logits.float().topk(2, dim=-1).values
+        x0_p = torch.softmax(logits.float(), -1).max(-1).values
+        conf_gap, logit_gap = [], []
+        for row in range(x.shape[0]):
+            cand = masked[row].clone()
+            cand[end:] = False
+            conf = x0_p[row][cand]
+            order = torch.argsort(conf, descending=True)
+            kk = int(k[row])
+            c = conf[order]
+            conf_gap.append(float(c[kk - 1] - c[kk]) if 0 < kk < len(c) else float("inf"))
+            chosen = torch.nonzero(cand).flatten()[order[:kk]]
+            g = top2[row, chosen, 0] - top2[row, chosen, 1]
+            logit_gap.append(float(g.min()) if kk else float("inf"))
+        self.confidence_gap.append(conf_gap)
+        self.logit_gap.append(logit_gap)
+
+
+def reference_generate(gen, model, prompts, attention_mask, *, gen_length, steps, block_length,
+                       cfg_scale, mask_id):
+    """generate.py's generate at temperature 0, low-confidence remasking: (tokens [B, G],
+    confidence_gap [B, steps], logit_gap [B, steps])."""
+    import torch
+
+    wrapped = _GenerateModel(model, prompt_len=prompts.shape[1], gen_length=gen_length, steps=steps,
+                             block_length=block_length, cfg_scale=cfg_scale, mask_id=mask_id)
+    out = gen.generate(wrapped, torch.as_tensor(prompts, dtype=torch.long),
+                       attention_mask=torch.as_tensor(attention_mask, dtype=torch.long), steps=steps,
+                       gen_length=gen_length, block_length=block_length, temperature=0.0,
+                       cfg_scale=float(cfg_scale), remasking="low_confidence", mask_id=mask_id)
+    assert wrapped.calls == steps
+    return (out[:, prompts.shape[1]:].numpy().astype(np.int32),
+            np.asarray(wrapped.confidence_gap, np.float32).T, np.asarray(wrapped.logit_gap, np.float32).T)
+
+
+def write_sampler_golden(reference_dir: str, generate_path: str, out: str) -> dict:
+    """Runs generate.py on the tiny checkpoint at <out>/llada_tiny; writes <out>/llada_sampler.npz."""
+    import torch
+    import transformers
+
+    ref = load_reference(reference_dir)
+    gen = load_generate(generate_path)
+    model = load_reference_checkpoint(ref, os.path.join(out, "llada_tiny"))
+    mask_id = model.config.mask_token_id
+    prompts, attention_mask = sampler_prompts(TINY)
+    configs = [(g, s, b, c) for (g, s, b) in SAMPLER_CONFIGS for c in CFG_SCALES]
+    max_steps = max(s for _, s, _, _ in configs)
+    tokens, conf_gaps, logit_gaps = [], [], []
+    for g, s, b, c in configs:
+        t, cg, lg = reference_generate(gen, model, prompts, attention_mask, gen_length=g, steps=s,
+                                       block_length=b, cfg_scale=c, mask_id=mask_id)
+        tokens.append(t)
+        conf_gaps.append(np.pad(cg, ((0, 0), (0, max_steps - s)), constant_values=np.nan))
+        logit_gaps.append(np.pad(lg, ((0, 0), (0, max_steps - s)), constant_values=np.nan))
+    with open(generate_path, "rb") as f:
+        generate_sha = hashlib.sha256(f.read()).hexdigest()
+    golden = dict(
+        prompts=prompts, attention_mask=attention_mask, configs=np.asarray(configs, np.int32),
+        tokens=np.stack(tokens), confidence_gap=np.stack(conf_gaps), logit_gap=np.stack(logit_gaps),
+        generate_sha256=np.array(generate_sha), reference_sha256=np.array(reference_sha256(reference_dir)),
+        versions=np.array(f"torch {torch.__version__}, transformers {transformers.__version__}"),
+    )
+    np.savez_compressed(os.path.join(out, "llada_sampler.npz"), **golden)
+    return golden
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", required=True,
                         help="directory holding the reference modeling_llada.py and configuration_llada.py")
+    parser.add_argument("--generate", default=None,
+                        help="path to ML-GSAI/LLaDA's generate.py: also write llada_sampler.npz")
     parser.add_argument("--out", default=os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "tests", "golden")),
                         help="output directory (default: tests/golden)")
     args = parser.parse_args(argv)
@@ -240,6 +398,10 @@ def main(argv=None):
     golden = write_golden(args.reference, args.out)
     sizes = {f: os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(args.out) for f in fs if "llada" in dp + f}
     print(f"wrote {args.out}: logits {golden['logits'].shape}, files {sizes}")
+    if args.generate:
+        s = write_sampler_golden(args.reference, args.generate, args.out)
+        print(f"wrote llada_sampler.npz: tokens {s['tokens'].shape}, smallest confidence gap "
+              f"{np.nanmin(s['confidence_gap']):.3g}, smallest logit gap {np.nanmin(s['logit_gap']):.3g}")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from pojax import sharding
 from pojax.models.config import ModelConfig
-from pojax.models.layers import RMSNorm, attention_mask, dtype_of, param, rope_inv_freq
-from pojax.models.transformer import _REMAT_POLICIES, Block, _stacked_blocks
+from pojax.models.layers import attention_mask
+from pojax.models.transformer import _REMAT_POLICIES, Block, DecoderStack
 
 # Special tokens of the LLaDA-8B tokenizer (GSAI-ML/LLaDA-8B-Base and -Instruct).
 MASK_TOKEN_ID = 126336  # <|mdm_mask|>: the absorbing state of the forward process
@@ -52,32 +51,16 @@ def _run_block(block: Block, x, positions, mask, inv_freq):
     return block(x, positions, mask, inv_freq)
 
 
-class LLaDA(nnx.Module):
+class LLaDA(DecoderStack):
     """Mask predictor. ``model(input_ids) -> logits [B, T, V]``: at every position, the
     distribution of the clean token given the partly masked sequence; ``hidden_states`` and
-    ``lm_head_weight`` feed the chunked log-prob path (pojax.likelihood) as for CausalLM."""
+    ``lm_head_weight`` feed the chunked log-prob path (pojax.likelihood) as for CausalLM. The
+    same blocks as the causal decoder (DecoderStack); only the attention mask differs."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         if config.model_type != "llada":
             raise ValueError(f"LLaDA needs a model_type 'llada' config, got {config.model_type!r}")
-        c = self.config = config
-        pd = dtype_of(c.param_dtype)
-        self.embed_tokens = param(rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"), pd)
-        if c.scan_layers:
-            self.layers = _stacked_blocks(c, rngs)
-        else:
-            self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
-        self.lm_head = None if c.tie_word_embeddings else param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
-        self.inv_freq = nnx.Variable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope))  # static, not trained
-
-    def lm_head_weight(self):
-        """The LM head as [D, V] (the transposed embedding when tied)."""
-        return self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-
-    def embed(self, input_ids):
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype_of(self.config.dtype))
-        return sharding.constrain(x, ("batch", "length", "embed"))
+        super().__init__(config, rngs=rngs)
 
     def hidden_states(self, input_ids, *, positions=None, segment_ids=None):
         """Final-norm hidden states [B, T, D] of input_ids [B, T] int32.
@@ -106,12 +89,3 @@ class LLaDA(nnx.Module):
             for block in self.layers:
                 x = run(block, x, positions, mask, inv_freq)
         return self.norm(x)
-
-    def __call__(self, input_ids, *, positions=None, segment_ids=None):
-        """Logits [B, T, V] float32 (the full-logits path; training uses hidden_states)."""
-        h = self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
-        return self.logits(h)
-
-    def logits(self, h):
-        w = self.lm_head_weight().astype(h.dtype)
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)

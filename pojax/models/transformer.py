@@ -95,9 +95,10 @@ def _run_block(block: Block, x, positions, masks, sliding, inv_freq):
     return block(x, positions, mask, inv_freq)
 
 
-class CausalLM(nnx.Module):
-    """Decoder-only LM. ``model(input_ids) -> logits [B, T, V]``; ``hidden_states`` for the
-    chunked log-prob path (pojax.likelihood.autoregressive), ``decode`` with a KV cache."""
+class DecoderStack(nnx.Module):
+    """What the causal decoder and the LLaDA mask predictor share: token embedding, the stack of
+    pre-norm blocks (a list, or stacked for nnx.scan), the final norm, the LM head and the RoPE
+    table. Subclasses define ``hidden_states`` (their attention mask is the difference)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = self.config = config
@@ -110,7 +111,6 @@ class CausalLM(nnx.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
         self.lm_head = None if c.tie_word_embeddings else param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
         self.inv_freq = nnx.Variable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope))  # static, not trained
-        self.sliding = nnx.Variable(jnp.array([t == "sliding_attention" for t in c.layer_types]))
 
     def lm_head_weight(self):
         """The LM head as [D, V] (the transposed embedding when tied)."""
@@ -119,6 +119,24 @@ class CausalLM(nnx.Module):
     def embed(self, input_ids):
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype_of(self.config.dtype))
         return sharding.constrain(x, ("batch", "length", "embed"))
+
+    def __call__(self, input_ids, *, positions=None, segment_ids=None):
+        """Logits [B, T, V] float32 (the full-logits path; training uses hidden_states)."""
+        h = self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
+        return self.logits(h)
+
+    def logits(self, h):
+        w = self.lm_head_weight().astype(h.dtype)
+        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+
+
+class CausalLM(DecoderStack):
+    """Decoder-only LM. ``model(input_ids) -> logits [B, T, V]``; ``hidden_states`` for the
+    chunked log-prob path (pojax.likelihood.autoregressive), ``decode`` with a KV cache."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(config, rngs=rngs)
+        self.sliding = nnx.Variable(jnp.array([t == "sliding_attention" for t in config.layer_types]))
 
     def hidden_states(self, input_ids, *, positions=None, segment_ids=None):
         """Final-norm hidden states [B, T, D] of input_ids [B, T] int32.
@@ -148,15 +166,6 @@ class CausalLM(nnx.Module):
             for i, block in enumerate(self.layers):
                 x = run(block, x, positions, masks, self.sliding[...][i], inv_freq)
         return self.norm(x)
-
-    def __call__(self, input_ids, *, positions=None, segment_ids=None):
-        """Logits [B, T, V] float32 (the full-logits path; training uses hidden_states)."""
-        h = self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
-        return self.logits(h)
-
-    def logits(self, h):
-        w = self.lm_head_weight().astype(h.dtype)
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
     # ------------------------------------------------------------------ KV cache decoding
 

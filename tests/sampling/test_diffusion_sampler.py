@@ -1,5 +1,9 @@
 """LLaDA reverse-process sampler: expected sequences and unmasking order on toy predictors, the
-transfer schedule, classifier-free guidance, padding, EOS options, temperature, errors."""
+transfer schedule, classifier-free guidance, padding, EOS options, temperature, errors; and token
+for token parity with ML-GSAI/LLaDA's generate.py on the tiny golden checkpoint (golden file
+tests/golden/llada_sampler.npz; live when POJAX_LLADA_GENERATE and POJAX_LLADA_REFERENCE are set)."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -216,3 +220,65 @@ def test_bad_settings_raise():
                     confidence_eos_eot_inf=True, **kw)
     with pytest.raises(ValueError, match=r"temperature \(-1.0\) and cfg_scale \(0.0\) must be >= 0"):
         sd.generate(preferring, PROMPTS, key, gen_length=6, steps=6, temperature=-1.0, **kw)
+
+
+# ---------------------------------------------- parity with LLaDA's generate.py on a real model
+
+GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "..", "golden")
+GENERATE = os.environ.get("POJAX_LLADA_GENERATE")  # path to ML-GSAI/LLaDA's generate.py
+REFERENCE = os.environ.get("POJAX_LLADA_REFERENCE")  # dir of the reference modeling_llada.py
+
+
+@pytest.fixture(scope="module")
+def llada_tiny():
+    from pojax.models import from_pretrained
+
+    return from_pretrained(os.path.join(GOLDEN_DIR, "llada_tiny"))
+
+
+@pytest.fixture(scope="module")
+def sampler_golden():
+    with np.load(os.path.join(GOLDEN_DIR, "llada_sampler.npz")) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _pojax_tokens(model, prompts, attention_mask, config):
+    gen_length, steps, block_length, cfg_scale = (int(v) for v in config)
+    return np.asarray(sd.generate(model, prompts, jax.random.key(0), gen_length=gen_length, steps=steps,
+                                  block_length=block_length, cfg_scale=float(cfg_scale), temperature=0.0,
+                                  remasking="low_confidence", mask_id=model.config.mask_token_id,
+                                  attention_mask=attention_mask))
+
+
+def test_golden_generate_py_token_for_token(llada_tiny, sampler_golden):
+    """generate.py (temperature 0, low-confidence remasking, left-padded prompts, cfg 0 and 1,
+    one block / semi-AR blocks, several tokens per step) on the tiny golden checkpoint, recorded
+    by experiments/parity/llada_golden.py --generate: pojax gives the same tokens."""
+    g = sampler_golden
+    assert llada_tiny.config.mask_token_id == 119 and (g["attention_mask"] == 0).any()
+    # the recorded choices are no near-ties float noise could flip (see llada_golden.SAMPLER_SEED)
+    assert np.nanmin(g["confidence_gap"]) > 1e-5 and np.nanmin(g["logit_gap"]) > 1e-4
+    for config, want in zip(g["configs"], g["tokens"]):
+        got = _pojax_tokens(llada_tiny, g["prompts"], g["attention_mask"], config)
+        np.testing.assert_array_equal(got, want, err_msg=f"(gen_length, steps, block_length, cfg) = {config}")
+
+
+@pytest.mark.skipif(not (GENERATE and REFERENCE),
+                    reason="POJAX_LLADA_GENERATE (LLaDA's generate.py) and POJAX_LLADA_REFERENCE "
+                           "(dir of the reference modeling_llada.py) must both be set")
+def test_live_generate_py_token_for_token(llada_tiny, sampler_golden):
+    from experiments.parity import llada_golden as lg
+
+    ref = lg.load_reference(REFERENCE)
+    gen = lg.load_generate(GENERATE)
+    torch_model = lg.load_reference_checkpoint(ref, os.path.join(GOLDEN_DIR, "llada_tiny"))
+    prompts, attention_mask = lg.sampler_prompts(lg.TINY)
+    np.testing.assert_array_equal(prompts, sampler_golden["prompts"])
+    for config in sampler_golden["configs"]:
+        g_len, steps, block, cfg = (int(v) for v in config)
+        want, conf_gap, logit_gap = lg.reference_generate(
+            gen, torch_model, prompts, attention_mask, gen_length=g_len, steps=steps, block_length=block,
+            cfg_scale=cfg, mask_id=torch_model.config.mask_token_id)
+        got = _pojax_tokens(llada_tiny, prompts, attention_mask, config)
+        np.testing.assert_array_equal(got, want, err_msg=f"config {config}; smallest gaps: confidence "
+                                      f"{conf_gap.min():.3g}, logit {logit_gap.min():.3g}")
