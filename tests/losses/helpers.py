@@ -1,4 +1,7 @@
-"""Small builders of loss inputs shared by the loss tests."""
+"""Small builders of loss inputs shared by the loss tests, and a jit cache for running losses."""
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -65,3 +68,14 @@ def inputs_for(name, seed=0, **kw):
     if name in UNPAIRED:
         return random_unpaired(seed)
     return random_pair(seed, **kw)
+
+
+@functools.cache
+def _jitted(name, hp):
+    return jax.jit(functools.partial(L.get(name), **dict(hp)))
+
+
+def run(name, logps, **hp):
+    """The loss ``name`` under jit (one compilation per name, hyperparameters and shapes: much
+    faster on CPU than op-by-op)."""
+    return _jitted(name, tuple(sorted(hp.items())))(logps)

@@ -1,6 +1,5 @@
 """Listwise losses (plackett_luce, lipo, tpo, irpo) against numpy written from the papers, their
 K = 2 reductions, ragged K (masked == sliced), ties, metrics and the transforms."""
-import functools
 import itertools
 import math
 
@@ -10,19 +9,9 @@ import numpy as np
 import pytest
 
 import pojax.losses as L
-from tests.losses.helpers import random_pair
+from tests.losses.helpers import random_pair, run
 
 NAMES = ["plackett_luce", "lipo", "tpo", "irpo"]
-
-
-@functools.cache
-def _jitted(name, hp):
-    return jax.jit(functools.partial(L.get(name), **dict(hp)))
-
-
-def run(name, logps, **hp):
-    """The loss under jit (one compilation per shape: much faster on CPU than op-by-op)."""
-    return _jitted(name, tuple(sorted(hp.items())))(logps)
 
 
 def ranked(seed, b=4, k=5, ragged=True, integer_scores=False):

@@ -1,6 +1,5 @@
 """Token- and step-level losses (tdpo, tgdpo, rto, step_dpo) against numpy written from the
 papers, their reductions to sigmoid DPO, masking, errors and the transforms."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,19 +7,10 @@ import numpy as np
 import pytest
 
 import pojax.losses as L
+from tests.losses.helpers import run
 
 B, T = 6, 7
 NAMES = ["tdpo", "tgdpo", "rto", "step_dpo"]
-
-
-@functools.cache
-def _jitted(name, hp):
-    return jax.jit(functools.partial(L.get(name), **dict(hp)))
-
-
-def run(name, logps, **hp):
-    """The loss under jit (one compilation per shape: much faster on CPU than op-by-op)."""
-    return _jitted(name, tuple(sorted(hp.items())))(logps)
 
 
 def token_pair(seed, garbage=False):
