@@ -131,3 +131,15 @@ def test_listwise_losses_take_ranked_or_gym_data_only():
     config.data.format, config.loss.name = "ranked", "sigmoid"
     with pytest.raises(ConfigError, match="config key loss.name: 'sigmoid' does not take data.format='ranked'"):
         validate(config)
+
+
+def test_a_mesh_that_does_not_fit_the_devices_names_its_key_before_compiling():
+    from pojax.train.run import mesh_and_rules
+
+    config = base_config()
+    config.mesh.data, config.mesh.fsdp = 3, 1  # 8 host devices in tests
+    with pytest.raises(ConfigError, match="config key mesh"):
+        mesh_and_rules(config)
+    config.mesh.data, config.mesh.fsdp = -1, 3
+    with pytest.raises(ConfigError, match="config key mesh.data"):
+        mesh_and_rules(config)

@@ -8,6 +8,7 @@ tokenizer of ``model.path``. Both hold out ``eval.num_examples`` preference rows
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,16 @@ def load_tokenizer(config):
 def _copy(model):
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+
+
+def mesh_and_rules(config):
+    """(mesh, logical-axis rules) of the config; a mesh that does not fit the devices is a
+    ConfigError naming mesh.<axis> (raised before anything compiles)."""
+    try:
+        return sharding.mesh_from_config(config), sharding.rules_from_config(config)
+    except ValueError as e:
+        key = re.search(r"mesh\.\w+", str(e))
+        raise ConfigError(key.group() if key else "mesh", str(e)) from None
 
 
 def lora_settings(config) -> dict:
@@ -133,7 +144,7 @@ def run_train(config, workdir: str | None) -> dict:
     os.makedirs(workdir, exist_ok=True)
     gym = config.data.format == "gym"
     data = gym_data(config) if gym else file_data(config, load_tokenizer(config))
-    mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
+    mesh, rules = mesh_and_rules(config)
     model = build_model(config, data.vocab_size, mesh, rules)
     seed, bs = config.train.seed, check_batch(config)
     if data.sft is not None:

@@ -15,7 +15,6 @@ import jax
 from absl import logging
 from flax import nnx
 
-from pojax import sharding
 from pojax.config import ConfigError
 from pojax.data import gym as gym_lib
 from pojax.losses import needs_reference
@@ -27,7 +26,7 @@ from pojax.train.checkpoint import Checkpoints
 from pojax.train.data import eval_data, gym_data, pretrain_data, sft_data
 from pojax.train.evaluate import gold_eval, preference_eval
 from pojax.train.optim import make_optimizer
-from pojax.train.run import build_model, export, load_tokenizer, lora_settings, sft_stage, write_plots
+from pojax.train.run import build_model, export, load_tokenizer, lora_settings, mesh_and_rules, sft_stage, write_plots
 from pojax.train.step import init_state
 
 
@@ -46,7 +45,7 @@ def run_sft(config, workdir: str | None, *, task: str = "sft") -> dict:
     gym = config.data.format == "gym"
     tokenizer = None if gym else load_tokenizer(config)
     data = pretrain_data(config, tokenizer) if task == "pretrain" else sft_data(config, tokenizer)
-    mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
+    mesh, rules = mesh_and_rules(config)
     model = build_model(config, data.vocab_size, mesh, rules)
     start = build_model(config, data.vocab_size, mesh, rules) if gym else None  # the untrained policy
     model = sft_stage(model, data.sft, config, workdir, mesh, rules, steps=config.train.max_steps,
@@ -132,7 +131,7 @@ def run_eval(config, workdir: str | None) -> dict:
     if not (preference or e.prompts_path or tasks):
         raise ConfigError("eval", "nothing to evaluate: set data.path (preference metrics), eval.prompts_path "
                           "(judged win rates), eval.gsm8k_path, eval.mmlu_path or eval.jsonl_path")
-    mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
+    mesh, rules = mesh_and_rules(config)
     policy = build_model(config, None, mesh, rules)
     reference = None
     if config.reference.path:
@@ -178,7 +177,7 @@ def run_export(config, workdir: str | None) -> dict:
         ckpt.close()
         raise ConfigError("export.checkpoint", f"no {config.export.checkpoint} checkpoint in {directory}")
     vocab = gym_lib.from_config(config).vocab_size if config.data.format == "gym" else None
-    mesh, rules = sharding.mesh_from_config(config), sharding.rules_from_config(config)
+    mesh, rules = mesh_and_rules(config)
     model = build_model(config, vocab, mesh, rules)
     lora = stage == "train" and config.reference.mode == "lora_base"
     trainable = nnx.Param
