@@ -79,3 +79,13 @@ def run(name, logps, **hp):
     """The loss ``name`` under jit (one compilation per name, hyperparameters and shapes: much
     faster on CPU than op-by-op)."""
     return _jitted(name, tuple(sorted(hp.items())))(logps)
+
+
+def assert_bf16_inputs_give_fp32_outputs(name, logps):
+    """The loss of bf16 inputs is float32 (loss and metrics) and equals the loss of the same
+    values upcast to float32."""
+    low = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, logps)
+    out = run(name, low)
+    assert out.loss.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in out.metrics.values())
+    up = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x, low)
+    np.testing.assert_allclose(out.loss, run(name, up).loss, rtol=1e-6)

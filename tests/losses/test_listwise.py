@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pojax.losses as L
-from tests.losses.helpers import random_pair, run
+from tests.losses.helpers import assert_bf16_inputs_give_fp32_outputs, random_pair, run
 
 NAMES = ["plackett_luce", "lipo", "tpo", "irpo"]
 
@@ -184,11 +184,7 @@ def test_jit_equals_eager(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_inputs_give_fp32_outputs(name):
-    low = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, ranked(6))
-    out = run(name, low)
-    assert out.loss.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in out.metrics.values())
-    up = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x, low)
-    np.testing.assert_allclose(out.loss, run(name, up).loss, rtol=1e-6)
+    assert_bf16_inputs_give_fp32_outputs(name, ranked(6))
 
 
 @pytest.mark.parametrize("name", NAMES)
