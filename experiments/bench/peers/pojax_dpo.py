@@ -1,0 +1,60 @@
+"""pojax on the benchmark workload, exactly as a user runs it: ``python -m pojax.main
+--config=configs/dpo.py`` with the workload's model, data and settings as overrides (sigmoid DPO,
+β = 0.1, reference.mode = copy, AdamW at a constant learning rate, clipping at 1.0, fp32). Step
+times are the trainer's own ``step_time_s`` (host batch in → metrics fetched back).
+
+    python experiments/bench/peers/pojax_dpo.py --model=DIR --data=FILE --steps=20 --pairs=8 \\
+        --prompt_len=64 --completion_len=64 --out=pojax.json [--extra=--config.likelihood.chunk_size=128]
+"""
+import argparse
+import json
+import os
+import resource
+import runpy
+import sys
+import tempfile
+
+
+def overrides(a) -> list[str]:
+    return [f"--config.model.path={a.model}", f"--config.data.path={a.data}", "--config.data.format=paired",
+            "--config.data.chat_template=no", f"--config.data.max_prompt_length={a.prompt_len}",
+            f"--config.data.max_completion_length={a.completion_len}", "--config.model.dtype=float32",
+            f"--config.optimizer.learning_rate={a.learning_rate}", "--config.optimizer.schedule=constant",
+            "--config.optimizer.warmup_steps=0", "--config.optimizer.weight_decay=0.0",
+            "--config.optimizer.max_grad_norm=1.0", f"--config.loss.beta={a.beta}",
+            f"--config.train.batch_size={a.pairs}", f"--config.train.max_steps={a.steps}",
+            "--config.eval.num_examples=0", "--config.train.export_final=False",
+            f"--config.checkpoint.every_steps={a.steps}", "--config.logging.plots=False",
+            "--config.logging.progress=False", "--config.logging.every_steps=1", "--config.mesh.data=1",
+            "--config.mesh.fsdp=1"]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ("model", "data", "out"):
+        p.add_argument(f"--{name}", required=True)
+    for name in ("steps", "pairs", "prompt_len", "completion_len"):
+        p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--learning_rate", type=float, default=1e-5)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--extra", action="append", default=[], help="more --config.* overrides")
+    a = p.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    workdir = tempfile.mkdtemp(prefix="pojax_bench_")
+    sys.argv = ["pojax.main", f"--config={os.path.join(root, 'configs', 'dpo.py')}", f"--workdir={workdir}",
+                *overrides(a), *a.extra]
+    try:
+        runpy.run_module("pojax.main", run_name="__main__")
+    except SystemExit as e:
+        if e.code:
+            raise
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    with open(a.out, "w") as f:
+        json.dump({"framework": "pojax", "step_times": [r["step_time_s"] for r in rows],
+                   "losses": [r["loss"] for r in rows],
+                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, f)
+
+
+if __name__ == "__main__":
+    main()
