@@ -25,7 +25,7 @@ setup(
     extras_require={
         # torch is pinned exactly: a CPU wheel of 2.13.0 is on disk; anything else pulls CUDA.
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "trl", "nbclient", "nbformat", "ipykernel"],
-        "tpu": ["jax[tpu]"],
+        "tpu": ["jax[tpu]", "gcsfs", "google-cloud-storage"],  # gs:// workdirs: epath (gcsfs) and orbax (google-cloud-storage)
         "cuda": ["jax[cuda12]"],
     },
 )

@@ -13,9 +13,10 @@ GSAI-ML/LLaDA-8B-Instruct and trl-lib/kto-mix-14k (upstream layout: data/train-*
         --config.data.path=/data/kto-mix-14k \\
         --config.data.tfds_dir=/data/tfds --workdir=/runs/elbo_kto
 
-UltraFeedback-binarized as unpaired data: --config.data.format=ultrafeedback_binarized is paired;
-convert it to unpaired rows (prompt, completion, label) — one desirable and one undesirable row
-per pair — and pass --config.data.format=unpaired. Batch size: the paper's global batch is not
+UltraFeedback-binarized (the paper's second setting): --config.data.format=ultrafeedback_binarized
+--config.data.path=/data/ultrafeedback_binarized — paired rows under KTO are unpaired as TRL's
+unpair_preference_dataset does (each pair: chosen desirable, rejected undesirable), so the switch
+is the data format alone. Batch size: the paper's global batch is not
 restated here; 64 (8 micro-batches of 8) is a starting point to tune on your slice.
 """
 from pojax.config import base_config
@@ -52,7 +53,8 @@ def get_config():
     config.loss.desirable_weight = 1.0  # λ_D
     config.loss.undesirable_weight = 1.0  # λ_U
 
-    config.reference.mode = "copy"  # frozen copy of the starting model (precomputed also works: same draws)
+    config.reference.mode = "copy"  # frozen copy of the starting model; "precomputed" (+ reference.cache_dir
+    # to store B_ref with its draws and reuse it across runs) frees the copy's memory
 
     config.optimizer.learning_rate = 1e-6  # peak learning rate
     config.optimizer.schedule = "cosine"  # cosine decay after warm-up
@@ -75,4 +77,11 @@ def get_config():
     config.checkpoint.best_metric = "eval_loss"  # also keep the best parameters by held-out loss
     config.eval.every_steps = 50  # steps between held-out evaluations
     config.eval.num_examples = 256  # test-split completions evaluated
+    # --config.task=eval on the trained model (--config.model.path=<workdir>/final): GSM8K / MMLU
+    # with LLaDA's reverse process at the authors' settings, 5-shot (point eval.gsm8k_fewshot_path
+    # / eval.mmlu_fewshot_path at the train / dev splits, or the first rows are used as shots)
+    config.eval.num_fewshot = 5  # solved examples before each question
+    config.eval.gsm8k_gen_length, config.eval.gsm8k_steps, config.eval.gsm8k_block_length = 256, 256, 8
+    config.eval.mmlu_gen_length, config.eval.mmlu_steps, config.eval.mmlu_block_length = 3, 3, 3
+    config.likelihood.mc_stderr = True  # eval_loss_mc_stderr: the loss's MC standard error from two half budgets
     return config

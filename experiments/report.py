@@ -10,6 +10,7 @@ swept hyperparameter.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import sys
 from absl import app, flags
 
 from experiments import sweeps
+from pojax import fs
 
 # final figures shown, in this order, when some run has them (results.json first, then the last metrics line)
 COLUMNS = ("gold_win_rate", "gold_reward_after", "gold_reward_before", "eval_rewards/accuracies", "eval_loss",
@@ -28,10 +30,9 @@ SEED_KEY = "train.seed"
 
 
 def read_jsonl(path: str) -> list:
-    if not os.path.exists(path):
+    if not fs.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
 
 
 def collect(sweep, root: str) -> list:
@@ -43,9 +44,8 @@ def collect(sweep, root: str) -> list:
         rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
         results_path = os.path.join(workdir, "results.json")
         results = {}
-        if os.path.exists(results_path):
-            with open(results_path) as f:
-                results = json.load(f)
+        if fs.exists(results_path):
+            results = json.loads(fs.read_text(results_path))
         final = {}
         for row in rows:  # the last value of each metric (eval ones are logged every eval.every_steps)
             final.update({k: v for k, v in row.items() if v is not None})
@@ -121,7 +121,7 @@ def write_plots(records: list, outdir: str) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(outdir, exist_ok=True)
+    fs.makedirs(outdir)
     written = []
     for fname, key in CURVES:
         runs = [(r["name"], [(m["step"], m[key]) for m in r["metrics"] if m.get(key) is not None]) for r in records]
@@ -137,7 +137,8 @@ def write_plots(records: list, outdir: str) -> list:
             ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         path = os.path.join(outdir, f"{fname}.png")
-        fig.savefig(path, dpi=100)
+        with fs.open_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
         plt.close(fig)
         written.append(path)
     metric = main_metric(records)
@@ -158,7 +159,8 @@ def write_plots(records: list, outdir: str) -> list:
         ax.set_ylabel(metric)
         fig.tight_layout()
         path = os.path.join(outdir, f"{metric.replace('/', '_')}_vs_{key}.png")
-        fig.savefig(path, dpi=100)
+        with fs.open_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
         plt.close(fig)
         written.append(path)
     return written
@@ -168,11 +170,12 @@ def report(sweep, root: str, *, plots: bool = True) -> str:
     """Writes report.md, report.csv and plots/ under ``root``; returns the markdown."""
     records = collect(sweep, root)
     header, rows = table(records)
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "report.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([["" if v is None else v for v in row] for row in rows])
+    fs.makedirs(root)  # root may be gs://bucket/sweep (pojax.fs)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows([["" if v is None else v for v in row] for row in rows])
+    fs.write_text(os.path.join(root, "report.csv"), buf.getvalue())
     done = sum(r["status"] == "done" for r in records)
     parts = [f"# {sweep.name}", "", f"base: `{sweep.base}`; {done}/{len(records)} runs done.", ""]
     seeds = seed_table(records)
@@ -180,8 +183,7 @@ def report(sweep, root: str, *, plots: bool = True) -> str:
         parts += ["## Mean ± std over seeds", "", markdown(*seeds), ""]
     parts += ["## Runs", "", markdown(header, rows), ""]
     text = "\n".join(parts)
-    with open(os.path.join(root, "report.md"), "w") as f:
-        f.write(text)
+    fs.write_text(os.path.join(root, "report.md"), text)
     if plots:
         write_plots(records, os.path.join(root, "plots"))
     return text

@@ -16,6 +16,8 @@ LIKELIHOODS = ("autoregressive", "diffusion")
 ESTIMATORS = ("length_stratified", "length", "timestep_stratified", "timestep")  # pojax.likelihood.diffusion
 REFERENCE_MODES = ("copy", "precomputed", "lora_base", "none")
 UNPAIRED_LOSSES = ("kto", "apo_zero_unpaired", "bco")
+ONLINE_LOSSES = ("online_dpo", "xpo")  # loss names trained by the online loop (pojax.train.online)
+ONLINE_REWARDS = ("gold",)  # online.reward: "gold" = the gym's gold reward
 
 
 # Every loss hyperparameter (TRL's names) with its type. The loss section holds each as an
@@ -91,12 +93,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.likelihood.chunk_size = 1024  # sequence chunk of the chunked log-softmax, tokens
     c.likelihood.n_mc = 8  # Monte Carlo draws of the diffusion ELBO
     c.likelihood.estimator = "length_stratified"  # length_stratified | length | timestep_stratified | timestep
+    c.likelihood.mc_stderr = False  # diffusion: eval_loss_mc_stderr from two half budgets at every evaluation (n_mc even)
 
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "copy"  # copy | precomputed | lora_base | none (reference-free losses)
     c.reference.path = ""  # task = "eval": HF dir of the reference / starting policy ("" = none)
     c.reference.lora_rank = 8  # reference.mode = "lora_base": adapter rank
     c.reference.lora_alpha = 16.0  # and scale numerator (scale = alpha / rank)
+    c.reference.cache_dir = ""  # reference.mode = "precomputed": dir storing the values + manifest for reuse; "" = in-run only
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 5e-4  # peak learning rate
@@ -155,6 +159,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.gsm8k_path = ""  # GSM8K rows (question, answer) for gsm8k_accuracy
     c.eval.mmlu_path = ""  # MMLU rows (question, choices, answer) for mmlu_accuracy
     c.eval.jsonl_path = ""  # generic rows (prompt, answer) for jsonl_accuracy (exact match)
+    c.eval.num_fewshot = 0  # solved examples shown before each GSM8K / MMLU question (LLaDA's evals: 5)
+    c.eval.gsm8k_fewshot_path = ""  # GSM8K rows the examples come from; "" = the first rows of gsm8k_path (then not scored)
+    c.eval.mmlu_fewshot_path = ""  # MMLU rows the examples come from; "" = the first rows of mmlu_path (then not scored)
+    c.eval.reward_model_path = ""  # HF sequence-classification dir (num_labels 1): rm_win_rate of policy vs reference
+    # Masked-diffusion models (llada) only: LLaDA's reverse process in place of KV-cache decoding.
+    c.eval.diffusion_steps = 0  # denoising steps for win-rate / JSONL responses; 0 = max_new_tokens (one per token)
+    c.eval.diffusion_block_length = 0  # semi-autoregressive block, tokens (divides max_new_tokens); 0 = one block
+    c.eval.cfg_scale = 0.0  # classifier-free guidance weight w >= 0 (0 = off); all diffusion generation
+    c.eval.remasking = "low_confidence"  # low_confidence | random; all diffusion generation
+    c.eval.gsm8k_gen_length = 256  # GSM8K answer tokens of a diffusion model (LLaDA: 256; AR uses max_new_tokens)
+    c.eval.gsm8k_steps = 256  # its denoising steps (LLaDA: 256)
+    c.eval.gsm8k_block_length = 8  # its block length, tokens (LLaDA: 8)
+    c.eval.mmlu_gen_length = 3  # MMLU tokens a diffusion model generates; the first option letter counts (LLaDA: 3)
+    c.eval.mmlu_steps = 3  # its denoising steps (LLaDA: 3)
+    c.eval.mmlu_block_length = 3  # its block length, tokens (LLaDA: 3)
+
+    c.online = ml_collections.ConfigDict()  # loss.name in ONLINE_LOSSES: pairs sampled and labelled during training
+    c.online.temperature = 1.0  # sampling temperature of the training completions (> 0)
+    c.online.reward = "gold"  # the labelling reward callable: gold (the gym's gold reward)
 
     c.logging = ml_collections.ConfigDict()
     c.logging.every_steps = 1  # steps between metrics.jsonl lines
@@ -224,6 +247,26 @@ def _validate_diffusion(config) -> None:
     _one_of(config, "likelihood.estimator", ESTIMATORS)
 
 
+def _validate_mc_and_cache(config) -> None:
+    """likelihood.mc_stderr needs diffusion ELBOs, an even n_mc and the reference model;
+    reference.cache_dir stores precomputed values only."""
+    if config.reference.get("cache_dir") and config.reference.mode != "precomputed":
+        raise ConfigError("reference.cache_dir", f"stores precomputed reference values; it needs "
+                          f"reference.mode='precomputed', got {config.reference.mode!r}")
+    if not config.likelihood.get("mc_stderr"):
+        return
+    if config.likelihood.kind != "diffusion":
+        raise ConfigError("likelihood.mc_stderr", "estimates the Monte Carlo error of diffusion ELBOs; "
+                          f"likelihood.kind={config.likelihood.kind!r} has none")
+    n_mc = config.likelihood.n_mc
+    if n_mc < 2 or n_mc % 2:
+        raise ConfigError("likelihood.n_mc", f"likelihood.mc_stderr splits the draws into two halves: n_mc must be "
+                          f"even and at least 2, got {n_mc}")
+    if config.reference.mode == "precomputed":
+        raise ConfigError("likelihood.mc_stderr", "needs the reference model's ELBOs under each half's draws; "
+                          "reference.mode='precomputed' keeps only full-budget values (use copy or lora_base)")
+
+
 def _validate_packing(config) -> None:
     from pojax.objectives.packed import check_packable
 
@@ -237,6 +280,31 @@ def _validate_packing(config) -> None:
         check_packable(config.loss.name, loss_hparams(config))
     except ValueError as e:
         raise ConfigError("data.packing", str(e).removeprefix("data.packing: ")) from None
+
+
+def _validate_online(config) -> None:
+    """What the online loop (pojax.train.online) serves: task=train on the gym, autoregressive
+    sampling, a frozen reference copy, one micro-batch per step."""
+    name = config.loss.name
+    if config.task != "train":
+        raise ConfigError("loss.name", f"{name!r} is an online mode: it runs with task='train' only, got {config.task!r}")
+    if config.data.format != "gym":
+        raise ConfigError("data.format", f"{config.data.format!r}: online mode {name!r} samples prompts and labels "
+                          "them with online.reward, which needs data.format='gym' for now")
+    if config.likelihood.kind != "autoregressive" or config.model.family == "llada":
+        raise ConfigError("likelihood.kind", f"online mode {name!r} samples with the KV cache: it needs an "
+                          "autoregressive model and likelihood.kind='autoregressive'")
+    if config.reference.mode != "copy":
+        raise ConfigError("reference.mode", f"{config.reference.mode!r}: online mode {name!r} needs the frozen "
+                          "reference copy (reference.mode='copy')")
+    if config.data.packing:
+        raise ConfigError("data.packing", f"online mode {name!r} builds unpacked pairs; set data.packing=False")
+    if config.train.grad_accum_steps != 1:
+        raise ConfigError("train.grad_accum_steps", f"online mode {name!r} takes one batch per step; set it to 1")
+    temperature = config.online.temperature
+    if not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ConfigError("online.temperature", f"must be a positive number, got {temperature!r}")
+    _one_of(config, "online.reward", ONLINE_REWARDS)
 
 
 def validate(config) -> None:
@@ -276,17 +344,22 @@ def validate(config) -> None:
     if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
+    if config.loss.name in ONLINE_LOSSES:
+        _validate_online(config)
     if config.task in ("train", "sft", "pretrain", "eval"):
         if config.likelihood.kind == "diffusion":
             _validate_diffusion(config)
         if config.data.packing:
             _validate_packing(config)
+        _validate_mc_and_cache(config)
         if config.reference.mode == "precomputed" and config.loss.get("ld_alpha") is not None:
             raise ConfigError("loss.ld_alpha", "LD-DPO with reference.mode='precomputed' is not supported yet "
                               "(the stored reference sums are not length-desensitized); use reference.mode='copy'")
     unpaired = config.data.format in ("unpaired", "kto_mix")
 
     gym = config.data.format == "gym"  # the gym serves paired and unpaired sets alike
-    if not gym and unpaired != (config.loss.name in UNPAIRED_LOSSES) and config.task == "train":
+    # paired rows serve an unpaired loss as TRL's unpair_preference_dataset does (pojax.train.data.row_format)
+    paired = config.data.format in ("paired", "hh_rlhf", "ultrafeedback_binarized")
+    if not gym and unpaired != (config.loss.name in UNPAIRED_LOSSES) and not paired and config.task == "train":
         kind = "unpaired" if unpaired else "paired"
         raise ConfigError("loss.name", f"{config.loss.name!r} does not take {kind} data (data.format={config.data.format!r})")

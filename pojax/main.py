@@ -7,16 +7,16 @@ issues, until then the run stops after validation and says so.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pojax.config import ConfigError, validate
+from pojax.config import ONLINE_LOSSES, ConfigError, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/quickstart.py.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, plots/.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory, local or gs://bucket/path: config.json, metrics.jsonl, "
+                               "checkpoints/, plots/.")
 
 def _task(module: str, name: str):
     """A runner that imports its task lazily (heavy imports only when a task runs) and prints
@@ -34,11 +34,13 @@ def _task(module: str, name: str):
 
 # task name -> callable(config, workdir); the other tasks land with their issues.
 TASK_RUNNERS: dict = {
-    "train": _task("pojax.train.run", "run_train"),
+    "train": lambda config, workdir: (_task("pojax.train.online", "run_online") if config.loss.name in ONLINE_LOSSES
+                                      else _task("pojax.train.run", "run_train"))(config, workdir),
     "sft": _task("pojax.train.tasks", "run_sft"),
     "pretrain": _task("pojax.train.tasks", "run_pretrain"),
     "eval": _task("pojax.train.tasks", "run_eval"),
     "export": _task("pojax.train.tasks", "run_export"),
+    "diffpo": _task("pojax.train.diffpo", "run_diffpo"),
 }
 
 
@@ -50,9 +52,12 @@ def main(argv) -> int:
     if config is None:
         print("pojax: --config is required (e.g. --config=configs/quickstart.py)", file=sys.stderr)
         return 2
+    from pojax import fs
+
     try:
         validate(config)
-    except ConfigError as e:
+        fs.check_workdir(_WORKDIR.value)  # gs:// without its client library fails here, not mid-run
+    except (ConfigError, fs.WorkdirError) as e:
         print(f"pojax: {e}", file=sys.stderr)
         return 2
     from pojax.distributed import maybe_initialize
@@ -63,9 +68,8 @@ def main(argv) -> int:
     import jax
 
     if workdir and jax.process_index() == 0:  # process 0 writes the run's files
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        fs.makedirs(workdir)
+        fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
     runner = TASK_RUNNERS.get(config.task)
     if runner is None:
         logging.warning("config is valid; task %r is not implemented yet, so nothing was run", config.task)

@@ -81,10 +81,15 @@ def test_paired_and_unpaired_must_match():
     config.loss.name = "kto"
     validate(config)  # the gym serves both
     config.data.format = "paired"
+    validate(config)  # paired rows are unpaired for it (chosen desirable, rejected undesirable)
+    config.data.format = "step"
     with pytest.raises(ConfigError, match="'kto' does not take paired data"):
         validate(config)
     config.data.format = "kto_mix"
     validate(config)
+    config.loss.name = "sigmoid"
+    with pytest.raises(ConfigError, match="'sigmoid' does not take unpaired data"):
+        validate(config)
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

@@ -5,7 +5,8 @@ preference-trained with each registered loss at its TRL defaults (β = 0.1), com
 win rate over the starting policy and the held-out reward accuracy. Reference-free losses run
 with reference.mode=none; unpaired ones (kto, bco, apo_zero_unpaired) read the gym's unpaired
 set. Losses pojax.config.validate refuses for training (listwise, token-level extras, madpo)
-are left out. Sized for a CPU: about an hour at --parallel=2 on 2 cores.
+are left out, and so are the online ones (online_dpo, xpo: they draw their own labels, see
+configs/online_dpo.py). Sized for a CPU: about an hour at --parallel=2 on 2 cores.
 
     python -m experiments.launch --sweep=experiments/sweeps/gym_losses.py --parallel=2
     python -m experiments.report --sweep=experiments/sweeps/gym_losses.py
@@ -13,7 +14,7 @@ are left out. Sized for a CPU: about an hour at --parallel=2 on 2 cores.
 import os
 
 from pojax import losses
-from pojax.config import ConfigError, validate
+from pojax.config import ONLINE_LOSSES, ConfigError, validate
 
 base = "configs/quickstart.py"
 fixed = {
@@ -45,7 +46,7 @@ def _trainable_losses() -> list:
     names = sorted(losses.names(), key=lambda n: n != losses.get(n).__name__)  # canonical names first
     for name in names:
         fn = losses.get(name)
-        if fn in seen:
+        if fn in seen or name in ONLINE_LOSSES:
             continue
         seen.add(fn)
         overrides = {"loss.name": name}

@@ -254,3 +254,14 @@ def load(path: str, fmt: str, *, skip_bad_rows: bool = False) -> list[dict]:
     if not rows:
         raise DataError(path, 0, "-", "no valid rows")
     return rows
+
+
+def unpair(rows: list[dict]) -> list[dict]:
+    """Normalized paired rows as unpaired ones, as TRL's ``unpair_preference_dataset`` does:
+    each pair becomes (prompt, chosen, label=True) then (prompt, rejected, label=False) — how
+    the ELBO-KTO paper trains KTO on UltraFeedback-binarized."""
+    out = []
+    for row in rows:
+        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
+        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+    return out

@@ -3,8 +3,17 @@
   gsm8k   rows {question, answer} (openai/gsm8k's columns; the answer ends "#### <number>"):
           greedy generation, the number after '####' (else the last number) must equal the gold
   mmlu    rows {question, choices (list), answer (index or letter)} (cais/mmlu's columns):
-          the option letter with the highest next-token log-likelihood after the question
+          the option letter with the highest next-token log-likelihood after the question;
+          for a masked-diffusion LM, which has no next-token distribution, generative: a few
+          tokens generated after the same prompt (LLaDA's setting: 3 tokens, 3 steps, block 3)
+          and the first option letter standing alone in them (none: wrong)
   jsonl   rows {prompt, answer}: greedy generation, exact match after stripping whitespace
+Few-shot (``num_fewshot`` > 0): solved rows of ``fewshot_path`` (default: the first rows of the
+task file, which are then not scored) are shown before each question, lm-evaluation-harness style:
+"Question: q\nAnswer: <gold answer>\n\n" for GSM8K (the generation is cut at its next
+"Question:") and "<mmlu prompt> <letter>\n\n" for MMLU.
+Generation follows the model (pojax.eval.generation: KV-cache decoding for a causal LM, LLaDA's
+reverse process with ``diffusion_sampling`` for a masked-diffusion LM).
 Files are JSONL / JSON / parquet (pojax.data.formats.read_rows); a row missing a field raises
 DataError naming file, row and field.
 """
@@ -15,11 +24,21 @@ import re
 import numpy as np
 
 from pojax.data.formats import DataError, read_rows
-from pojax.eval.generation import generate_texts, next_token_logits
+from pojax.eval.generation import (
+    DiffusionSampling,
+    decode_completions,
+    diffusion_mask_id,
+    generate_ids,
+    generate_texts,
+    next_token_logits,
+    pad_token_id,
+    stop_token_ids,
+)
 
 TASK_FIELDS = {"gsm8k": ("question", "answer"), "mmlu": ("question", "choices", "answer"), "jsonl": ("prompt", "answer")}
 LETTERS = "ABCDEFGHIJ"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_LETTER = re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])")  # a capital letter that is not part of a word
 
 
 def _normalize_number(s: str) -> str:
@@ -84,16 +103,84 @@ def mmlu_predictions(model, tokenizer, rows: list[dict], *, batch_size: int = 8)
     return [int(np.argmax(lg[letter_ids(tokenizer, len(r["choices"]))])) for lg, r in zip(logits, rows)]
 
 
-def run_task(kind: str, path: str, model, tokenizer, *, max_new_tokens: int = 256, batch_size: int = 8,
-             chat_template: str = "auto") -> dict:
-    """{<kind>_accuracy, <kind>_num_examples} of ``model`` on the task file."""
-    rows = load_task(path, kind)
+def option_letter(text: str, num_choices: int) -> int | None:
+    """Index of the first option letter (A.. of ``num_choices``) standing alone in ``text``
+    ("B", " C.", "(D)", "is A"), else None."""
+    for m in _LETTER.finditer(text):
+        if m.group(1) in LETTERS[:num_choices]:
+            return LETTERS.index(m.group(1))
+    return None
+
+
+def mmlu_generated_predictions(model, tokenizer, rows: list[dict], *, gen_length: int = 3, batch_size: int = 8,
+                               diffusion_sampling: DiffusionSampling | None = None) -> tuple[list[int], list[str]]:
+    """(option index or -1, generated text) of each row: ``gen_length`` tokens generated greedily
+    after the same prompt as the likelihood path (mmlu_prompt, no chat template), the first
+    option letter standing alone in them."""
+    prompt_ids = [tokenizer(mmlu_prompt(r))["input_ids"] for r in rows]
+    ids = generate_ids(model, prompt_ids, max_new_tokens=gen_length, batch_size=batch_size, temperature=0.0,
+                       stop_tokens=stop_token_ids(tokenizer), pad_id=pad_token_id(tokenizer, model),
+                       diffusion_sampling=diffusion_sampling)
+    texts, _ = decode_completions(tokenizer, ids)
+    preds = [option_letter(t, len(r["choices"])) for t, r in zip(texts, rows)]
+    return [-1 if p is None else p for p in preds], texts
+
+
+class FewShotError(ValueError):
+    """Too few rows for the few-shot examples, or a task without a few-shot format."""
+
+
+def fewshot_prefix(kind: str, shots: list[dict]) -> str:
+    """The solved examples shown before a question (module docstring); "" without any."""
+    if kind == "gsm8k":
+        return "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in shots)
     if kind == "mmlu":
-        correct = [p == r["answer"] for p, r in zip(mmlu_predictions(model, tokenizer, rows, batch_size=batch_size), rows)]
+        return "".join(f"{mmlu_prompt(r)} {LETTERS[r['answer']]}\n\n" for r in shots)
+    if shots:
+        raise FewShotError(f"few-shot examples: task {kind!r} has none (gsm8k and mmlu only)")
+    return ""
+
+
+def split_fewshot(kind: str, rows: list[dict], num_fewshot: int, fewshot_path: str = "") -> tuple[list[dict], list[dict]]:
+    """(examples, scored rows): the first ``num_fewshot`` rows of ``fewshot_path``, or of ``rows``
+    themselves (then left out of the scored rows)."""
+    if num_fewshot <= 0:
+        return [], rows
+    pool = load_task(fewshot_path, kind) if fewshot_path else rows
+    if len(pool) < num_fewshot + (0 if fewshot_path else 1):
+        raise FewShotError(f"{fewshot_path or 'the task file'}: {len(pool)} rows, too few for {num_fewshot} few-shot examples"
+                         + ("" if fewshot_path else " and at least one scored row"))
+    return pool[:num_fewshot], rows if fewshot_path else rows[num_fewshot:]
+
+
+def run_task(kind: str, path: str, model, tokenizer, *, max_new_tokens: int = 256, batch_size: int = 8,
+             chat_template: str = "auto", diffusion_sampling: DiffusionSampling | None = None,
+             num_fewshot: int = 0, fewshot_path: str = "") -> dict:
+    """{<kind>_accuracy, <kind>_num_examples} of ``model`` on the task file.
+
+    ``max_new_tokens`` is the generation length (GSM8K, JSONL, and MMLU for a masked-diffusion
+    LM); ``diffusion_sampling`` the reverse-process settings when ``model`` is one (ignored for a
+    causal LM); ``num_fewshot`` / ``fewshot_path`` the solved examples before each question."""
+    shots, rows = split_fewshot(kind, load_task(path, kind), num_fewshot, fewshot_path)
+    prefix = fewshot_prefix(kind, shots)
+    diffusion = diffusion_mask_id(model) is not None
+    if kind == "mmlu":
+        rows_in = [dict(r, question=prefix + r["question"]) for r in rows]
+        if diffusion:
+            preds, _ = mmlu_generated_predictions(model, tokenizer, rows_in, gen_length=max_new_tokens,
+                                                  batch_size=batch_size, diffusion_sampling=diffusion_sampling)
+        else:
+            preds = mmlu_predictions(model, tokenizer, rows_in, batch_size=batch_size)
+        correct = [p == r["answer"] for p, r in zip(preds, rows)]
     else:
-        prompts = [r["question"] if kind == "gsm8k" else r["prompt"] for r in rows]
+        if kind == "gsm8k":
+            prompts = [f"{prefix}Question: {r['question']}\nAnswer:" if shots else r["question"] for r in rows]
+        else:
+            prompts = [r["prompt"] for r in rows]
         texts, _ = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  chat_template=chat_template)
+                                  chat_template=chat_template, diffusion_sampling=diffusion_sampling)
+        if shots:  # the model may go on with a next example of its own
+            texts = [t.split("Question:")[0] for t in texts]
         if kind == "gsm8k":
             correct = [gsm8k_answer(t) is not None and gsm8k_answer(t) == gsm8k_answer(str(r["answer"]))
                        for t, r in zip(texts, rows)]

@@ -8,6 +8,7 @@ Importing this package registers every loss module below.
 from pojax.losses import (  # noqa: F401  (registration)
     adaptive,
     listwise,
+    online,
     pairwise,
     reference_free,
     token_level,

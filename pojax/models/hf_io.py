@@ -201,6 +201,16 @@ class _Checkpoint:
         return s[rows, cols]
 
 
+def read_tensor(path: str, name: str) -> tuple[np.ndarray | None, str]:
+    """(the tensor ``name`` of the checkpoint dir ``path`` or None when it has none, the file that
+    holds it or that lists the tensors: a shard, model.safetensors or the index)."""
+    ckpt = _Checkpoint(path)
+    fname = ckpt.file_of(name)
+    if fname is None:
+        return None, os.path.join(path, INDEX_FILE if os.path.exists(os.path.join(path, INDEX_FILE)) else SINGLE_FILE)
+    return ckpt.read(name), os.path.join(path, fname)
+
+
 def _check(ckpt: _Checkpoint, names: dict, abstract: dict) -> None:
     problems = []
     for path, (hf_names, layout) in names.items():
@@ -285,6 +295,16 @@ def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None, mesh=None
     name = jnp.dtype(dtype).name
     pname = jnp.dtype(param_dtype).name if param_dtype is not None else name
     config = _read_config(path, dtype=name, param_dtype=pname, **config_overrides)
+    cls = LLaDA if config.model_type == "llada" else CausalLM
+    abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+    _fill_static(abstract, config)
+    return load_into(abstract, path, mesh=mesh, rules=rules)
+
+
+def load_decoder(path: str, config: ModelConfig, *, mesh=None, rules=None) -> CausalLM | LLaDA:
+    """The network of ``config`` (CausalLM, or LLaDA for model_type "llada") with its parameters
+    read from the checkpoint dir ``path``, never materialized at random first. A CausalLM whose
+    config ties the embeddings has no LM head to read (a sequence classifier's backbone)."""
     cls = LLaDA if config.model_type == "llada" else CausalLM
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     _fill_static(abstract, config)

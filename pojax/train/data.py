@@ -80,21 +80,30 @@ def _read(config) -> tuple[list[dict], list[dict] | None]:
     return read(splits[train_split]), read(splits[test_split]) if test_split in splits else None
 
 
-def _encode(rows: list[dict], config, tokenizer) -> dict:
-    try:
-        return tokenize.encode(rows, FILE_FORMATS[config.data.format], tokenizer,
-                               max_prompt_length=config.data.max_prompt_length,
-                               max_completion_length=config.data.max_completion_length,
-                               chat_template=config.data.chat_template)
-    except ValueError as e:
-        raise ConfigError("data.chat_template", str(e)) from None
+def row_format(config) -> str:
+    """How data.format's rows are trained on: its own kind, except paired rows under an unpaired
+    loss (kto, bco, ...), which are unpaired (``formats.unpair``: chosen desirable, rejected not)."""
+    fmt = FILE_FORMATS[config.data.format]
+    if fmt == "paired" and input_kind(config.loss.name) == "unpaired":
+        return "unpaired"
+    return fmt
 
 
 def _file_arrays(config, tokenizer) -> tuple[str, dict, dict | None]:
     """(row format, tokenized training rows, tokenized upstream test rows or None)."""
     train, test = _read(config)
-    return FILE_FORMATS[config.data.format], _encode(train, config, tokenizer), (
-        None if test is None else _encode(test, config, tokenizer))
+    fmt = row_format(config)
+    if fmt != FILE_FORMATS[config.data.format]:
+        logging.info("%s: paired rows unpaired for loss %s (chosen → desirable, rejected → undesirable)",
+                     config.data.path, config.loss.name)
+        train, test = formats.unpair(train), None if test is None else formats.unpair(test)
+    encode = lambda rows: tokenize.encode(rows, fmt, tokenizer, max_prompt_length=config.data.max_prompt_length,
+                                          max_completion_length=config.data.max_completion_length,
+                                          chat_template=config.data.chat_template)
+    try:
+        return fmt, encode(train), None if test is None else encode(test)
+    except ValueError as e:
+        raise ConfigError("data.chat_template", str(e)) from None
 
 
 def _sft_rows(fmt: str, rows: dict) -> dict:

@@ -1,6 +1,6 @@
-"""Evaluation of a policy: preference metrics on held-out rows (TRL's ``eval_*`` names), the
-gym's gold-reward win rate, and reference log-probs computed once for ``reference.mode =
-"precomputed"``."""
+"""Evaluation of a policy: preference metrics on held-out rows (TRL's ``eval_*`` names, plus
+``eval_loss_mc_stderr`` of diffusion runs with likelihood.mc_stderr), the gym's gold-reward win
+rate, and reference log-probs computed once for ``reference.mode = "precomputed"``."""
 from __future__ import annotations
 
 import jax
@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from pojax.data import gym as gym_lib
+from pojax.objectives import diffusion as diff_obj
 from pojax.objectives import pair_logps, ranked_logps, unpaired_logps
 from pojax.sampling import diffusion, generate
 
@@ -40,33 +41,48 @@ def preference_evaluator(config, *, lora_base: bool = False, mask_id: int | None
 
     The reference is a model, or None when the rows carry precomputed reference values or the
     loss is reference-free; ``lora_base`` uses the policy with its adapters off. A running loss
-    state (BCO's δ, β-DPO's statistics) is the one the training reached."""
-    from pojax.train.objectives import preference_objective
+    state (BCO's δ, β-DPO's statistics) is the one the training reached.
+
+    With likelihood.mc_stderr (diffusion runs) it also reports ``eval_loss_mc_stderr``: the Monte
+    Carlo standard error of eval_loss, from per-row losses a_b, c_b under two independent halves
+    of the n_mc draws, sqrt(Σ_b (a_b − c_b)² / 4) / N over the N rows (first-order; see
+    ``pojax.objectives.diffusion.half_budget_losses`` for the derivation and its caveats)."""
+    from pojax.train.objectives import half_budget_objective, preference_objective
 
     objective, _ = preference_objective(config, mask_id=mask_id, lora_base=lora_base, packed=False)
     bs = max(config.train.batch_size // config.train.grad_accum_steps, 1)
+    halves = (half_budget_objective(config, mask_id=mask_id, lora_base=lora_base)
+              if mask_id is not None and config.likelihood.get("mc_stderr") else None)
 
     @nnx.jit
     def fn(p, r, b, loss_state):
         loss, metrics, _ = objective(p, r, b, loss_state)
+        if halves is not None:
+            a, c = halves(p, r, b, loss_state)
+            metrics = dict(metrics, _half_diff_sq_sum=jnp.sum(jnp.square(a - c)))
         return loss, metrics
 
     def evaluate(policy, reference, rows: dict, loss_state=None) -> dict:
         n = len(next(iter(rows.values())))
-        totals, weights, count = {}, {}, 0
+        totals, weights, count, diff_sq = {}, {}, 0, 0.0
         for start in range(0, n, bs):
             b = {k: jnp.asarray(v[start:start + bs]) for k, v in rows.items()}
             m = len(next(iter(b.values())))
             loss, metrics = fn(policy, reference, b, loss_state)
-            for k, v in dict(jax.device_get(metrics), loss=loss).items():
+            metrics = jax.device_get(metrics)
+            diff_sq += float(metrics.pop("_half_diff_sq_sum", 0.0))
+            for k, v in dict(metrics, loss=loss).items():
                 totals.setdefault(k, 0.0)
                 weights.setdefault(k, 0)
                 if np.isfinite(float(v)):  # e.g. KTO's rewards/chosen of a batch without desirable rows
                     totals[k] += float(v) * m
                     weights[k] += m
             count += m
-        return ({f"eval_{k}": (v / weights[k] if weights[k] else float("nan")) for k, v in totals.items()}
-                | {"eval_num_examples": count})
+        out = ({f"eval_{k}": (v / weights[k] if weights[k] else float("nan")) for k, v in totals.items()}
+               | {"eval_num_examples": count})
+        if halves is not None:
+            out["eval_loss_mc_stderr"] = diff_obj.mc_stderr(diff_sq, count)
+        return out
 
     return evaluate
 

@@ -59,12 +59,13 @@ class _Mean:
         return {k: (self.sums[k] / c if c else float("nan")) for k, c in self.counts.items()}
 
 
-def _close(bar, data_iter, ckpt, best) -> None:
+def _close(bar, data_iter, ckpt, best, writer) -> None:
     bar.close()
     data_iter.close()
     ckpt.close()  # waits for the async saves in flight
     if best is not None:
         best.close()
+    writer.close()  # uploads the metrics of a remote workdir
 
 
 def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx, workdir: str,
@@ -149,7 +150,7 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
                 skipped += int(m.pop("skipped"))
                 mean.add(m)
                 if skipped and nan_policy == "stop":
-                    _close(bar, data_iter, ckpt, best)  # in-flight saves of earlier (good) steps complete
+                    _close(bar, data_iter, ckpt, best, writer)  # in-flight saves of earlier (good) steps complete
                     raise NonFiniteError(name, step + 1, mean.result())
             dt = time.perf_counter() - t0
             metrics = dict(mean.result(), skipped=skipped, step_time_s=dt, tokens_per_s=tokens / dt)
@@ -172,6 +173,7 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
             bar.update(1)
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == steps:
                 ckpt.save(step + 1, state, {"step": step + 1}, data_iter=data_iter)
-    _close(bar, data_iter, ckpt, best)
+                writer.flush()  # a remote metrics file holds every line up to the latest checkpoint
+    _close(bar, data_iter, ckpt, best, writer)
     nnx.update(model, state.params)
     return model, state, eval_metrics

@@ -1,11 +1,13 @@
 """What a run writes besides checkpoints: metrics.jsonl (one line per logged step), TensorBoard
-scalars (workdir/tensorboard/<stage>), plots/*.png and results.json."""
+scalars (workdir/tensorboard/<stage>), plots/*.png and results.json. The workdir may be a
+gs:// URL (pojax.fs)."""
 from __future__ import annotations
 
 import json
 import math
-import os
+import time
 
+from pojax import fs
 from pojax.train.tensorboard import EventWriter
 
 PLOTS = (
@@ -28,39 +30,82 @@ def is_primary() -> bool:
 class MetricsWriter:
     """Appends one JSON object per step to ``workdir/metrics.jsonl`` (resumes append) and, with
     ``tensorboard`` set, the same scalars to TensorBoard events in workdir/tensorboard/<name>.
-    In a multi-host run only process 0 writes."""
+    In a multi-host run only process 0 writes.
 
-    def __init__(self, workdir: str, name: str = "metrics.jsonl", tensorboard: str | None = None):
-        self.path = os.path.join(workdir, name)
+    A local file is appended to at every ``write``. A remote one (gs://; objects cannot be
+    appended to) is kept in memory and uploaded whole by ``flush()``, which the training loop
+    calls at every checkpoint and at the end, and ``write`` calls when ``flush_every_s``
+    seconds have passed since the last upload: a killed run loses at most the lines after its
+    last checkpoint, which a resumed run drops and rewrites anyway (``truncate_after``)."""
+
+    def __init__(self, workdir: str, name: str = "metrics.jsonl", tensorboard: str | None = None,
+                 flush_every_s: float = 60.0):
+        self.path = fs.join(workdir, name)
         self.primary = is_primary()
+        self.remote = fs.is_remote(workdir)
+        self.flush_every_s = flush_every_s
+        self._lines: list[str] | None = None  # remote: the whole file, uploaded by flush()
+        self._flushed_at = time.monotonic()
         if self.primary:
-            os.makedirs(workdir, exist_ok=True)
+            fs.makedirs(workdir)
         self.events = None if tensorboard is None or not self.primary else EventWriter(
-            os.path.join(workdir, "tensorboard", tensorboard))
+            fs.join(workdir, "tensorboard", tensorboard))
 
     def write(self, step: int, values: dict) -> None:
         if not self.primary:
             return
         row = {"step": int(step)}
         row.update({k: _plain(v) for k, v in values.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self.remote:
+            self._remote_lines().append(line)
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
         if self.events is not None:
             self.events.scalars(step, {k: v for k, v in row.items() if k != "step"})
+        if self.remote and time.monotonic() - self._flushed_at >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Uploads the metrics lines and TensorBoard events of a remote workdir (nothing to do
+        for a local one: its files are written at every step)."""
+        if not self.primary:
+            return
+        if self._lines is not None:
+            fs.write_text(self.path, "".join(self._lines))
+        if self.events is not None:
+            self.events.flush()
+        self._flushed_at = time.monotonic()
+
+    close = flush
 
     def read(self) -> list[dict]:
-        if not os.path.exists(self.path):
+        if self._lines is not None:
+            lines = self._lines
+        elif not fs.exists(self.path):
             return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        else:
+            with fs.open_file(self.path) as f:
+                lines = f.read().splitlines() if self.remote else list(f)
+        return [json.loads(line) for line in lines if line.strip()]
 
     def truncate_after(self, step: int) -> None:
         """Drops lines logged after ``step`` (a resumed run rewrites them)."""
         if not self.primary:
             return
-        rows = [r for r in self.read() if r["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        lines = [json.dumps(r) + "\n" for r in self.read() if r["step"] <= step]
+        if self.remote:
+            self._lines = lines
+            self.flush()
+        else:
+            with open(self.path, "w") as f:
+                f.writelines(lines)
+
+    def _remote_lines(self) -> list[str]:
+        if self._lines is None:  # a writer used without truncate_after: start from the object
+            self._lines = [json.dumps(r) + "\n" for r in self.read()]
+        return self._lines
 
 
 def _plain(v):
@@ -80,7 +125,7 @@ def write_plots(rows: list[dict], outdir: str, extra: dict | None = None) -> lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(outdir, exist_ok=True)
+    fs.makedirs(outdir)
     written = []
     for name, keys in PLOTS + tuple((extra or {}).items()):
         keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
@@ -94,8 +139,9 @@ def write_plots(rows: list[dict], outdir: str, extra: dict | None = None) -> lis
         ax.set_title(name)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = os.path.join(outdir, f"{name}.png")
-        fig.savefig(path, dpi=100)
+        path = fs.join(outdir, f"{name}.png")
+        with fs.open_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
         plt.close(fig)
         written.append(path)
     return written
@@ -104,5 +150,4 @@ def write_plots(rows: list[dict], outdir: str, extra: dict | None = None) -> lis
 def write_results(workdir: str, results: dict) -> None:
     if not is_primary():
         return
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({k: _plain(v) for k, v in results.items()}, f, indent=2)
+    fs.write_text(fs.join(workdir, "results.json"), json.dumps({k: _plain(v) for k, v in results.items()}, indent=2))

@@ -10,6 +10,7 @@ and reference, which keeps a precomputed reference valid.
 """
 from __future__ import annotations
 
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +69,20 @@ def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed
         return loss_fn(m, without_adapters(m) if lora_base else ref, b, ls)
 
     return objective, initial_loss_state(name)
+
+
+def half_budget_objective(config, *, mask_id: int, lora_base: bool):
+    """``(model, reference, batch, loss_state) -> (a_B, c_B)``: per-example losses of a diffusion
+    batch under two independent halves of likelihood.n_mc draws
+    (``pojax.objectives.diffusion.half_budget_losses``), for eval_loss_mc_stderr."""
+    lk = config.likelihood
+    kw = dict(loss_name=config.loss.name, hparams=loss_hparams(config), key=_draw_key(config), n_mc=lk.n_mc,
+              mask_id=mask_id, estimator=lk.estimator, chunk_size=lk.chunk_size)
+
+    def objective(m, ref, b, ls):
+        return diff_obj.half_budget_losses(m, without_adapters(m) if lora_base else ref, b, state=ls, **kw)
+
+    return objective
 
 
 def with_example_ids(rows: dict, offset: int = 0) -> dict:

@@ -15,18 +15,19 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from pojax import sharding
+from pojax import fs, sharding
 from pojax.config import ConfigError
 from pojax.data.pipeline import ArraySource, make_dataset
 from pojax.models import CausalLM, LLaDA, ModelConfig, from_pretrained, save_pretrained
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
 from pojax.train.evaluate import gold_eval, preference_evaluator
-from pojax.train.objectives import (mask_id_of, preference_objective, reference_values, sft_objective,
+from pojax.train.objectives import (mask_id_of, preference_objective, sft_objective,
                                     with_example_ids)
 from pojax.train import metrics as metrics_lib
 from pojax.train.data import file_data, gym_data, packed
 from pojax.train.loop import run_stage
 from pojax.train.optim import make_optimizer
+from pojax.train.reference_cache import precomputed_reference
 
 
 def build_model(config, vocab_size: int | None, mesh=None, rules=None):
@@ -56,7 +57,7 @@ def load_tokenizer(config):
     path = config.data.tokenizer or config.model.path
     if not path:
         raise ConfigError("data.tokenizer", "file data needs a tokenizer: set model.path or data.tokenizer")
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never run a checkpoint's code (nor ask to)
 
 
 def _copy(model):
@@ -105,9 +106,10 @@ def sft_stage(model, rows: dict, config, workdir: str, mesh, rules, *, steps: in
 def export(model, config, path: str, *, lora: bool = False) -> None:
     """The policy as a Hugging Face checkpoint dir (LoRA merged into a copy), with the
     tokenizer of file runs."""
-    save_pretrained(merge_lora(_copy(model)) if lora else model, path)
-    if config.data.format != "gym":
-        load_tokenizer(config).save_pretrained(path)
+    with fs.staged_dir(path) as local:  # a gs:// path: written locally, then uploaded
+        save_pretrained(merge_lora(_copy(model)) if lora else model, local)
+        if config.data.format != "gym":
+            load_tokenizer(config).save_pretrained(local)
 
 
 def write_plots(workdir: str) -> None:
@@ -141,7 +143,7 @@ def run_train(config, workdir: str | None) -> dict:
     """SFT stage (train.sft_steps > 0) → preference optimization with evaluation every
     eval.every_steps → final evaluation, export, plots and results.json."""
     workdir = workdir or os.path.join("workdirs", "run")
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     gym = config.data.format == "gym"
     data = gym_data(config) if gym else file_data(config, load_tokenizer(config))
     mesh, rules = mesh_and_rules(config)
@@ -156,14 +158,15 @@ def run_train(config, workdir: str | None) -> dict:
     if mask_id is not None:  # stable ids key each example's fixed ELBO draws
         rows = with_example_ids(rows)
         held = None if held is None else with_example_ids(held, offset=len(next(iter(rows.values()))))
-    trainable, reference, before = nnx.Param, None, None
+    trainable, reference, before, cache_reused = nnx.Param, None, None, None
     if mode == "copy":
         reference = before = _copy(model)
-    elif mode == "precomputed":  # one pass of the starting policy, then only its values are kept
+    elif mode == "precomputed":  # one pass of the starting policy (or reference.cache_dir), then only values
         before = _copy(model)
-        kw = dict(mask_id=mask_id, batch_size=bs)
-        rows = dict(rows, **reference_values(before, rows, config, **kw))
-        held = None if held is None else dict(held, **reference_values(before, held, config, **kw))
+        splits = {"train": rows} if held is None else {"train": rows, "held_out": held}
+        values, cache_reused = precomputed_reference(before, splits, config, mask_id=mask_id, batch_size=bs)
+        rows = dict(rows, **values["train"])
+        held = None if held is None else dict(held, **values["held_out"])
         if not gym:
             before = None
     elif mode == "lora_base":  # the reference is the policy with its adapters off: no second copy
@@ -179,6 +182,8 @@ def run_train(config, workdir: str | None) -> dict:
         return evaluator(policy, reference, held, loss_state)
 
     results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps}
+    if cache_reused is not None:  # reference.cache_dir is set
+        results["reference_cache_reused"] = cache_reused
     if config.data.packing:
         dataset, results["packing_efficiency"] = packed_dataset(rows, config, bs, seed + 4)
     else:

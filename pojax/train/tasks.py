@@ -15,6 +15,7 @@ import jax
 from absl import logging
 from flax import nnx
 
+from pojax import fs
 from pojax.config import ConfigError
 from pojax.data import gym as gym_lib
 from pojax.losses import needs_reference
@@ -32,7 +33,7 @@ from pojax.train.step import init_state
 
 def _workdir(workdir: str | None) -> str:
     workdir = workdir or os.path.join("workdirs", "run")
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     return workdir
 
 
@@ -85,29 +86,95 @@ def _instruction(prompt) -> str:
     return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt if m["role"] == "user")
 
 
+def _diffusion_sampling(config, task: str | None = None):
+    """(generation length, DiffusionSampling) of a masked-diffusion model: free generation (win
+    rates, JSONL: eval.max_new_tokens, eval.diffusion_steps, eval.diffusion_block_length) or a
+    task's own settings (eval.<task>_gen_length, _steps, _block_length); a ConfigError names the
+    key whose value does not fit."""
+    from pojax.eval.generation import DiffusionSampling
+    from pojax.sampling.diffusion import REMASKING
+
+    e = config.eval
+    if task is None:
+        keys = ("max_new_tokens", "diffusion_steps", "diffusion_block_length")
+    else:
+        keys = (f"{task}_gen_length", f"{task}_steps", f"{task}_block_length")
+    gen, steps, block = (e[k] for k in keys)
+    if e.remasking not in REMASKING:
+        raise ConfigError("eval.remasking", f"{e.remasking!r} is not one of {', '.join(REMASKING)}")
+    if e.cfg_scale < 0:
+        raise ConfigError("eval.cfg_scale", f"must be >= 0, got {e.cfg_scale}")
+    if gen < 1:
+        raise ConfigError(f"eval.{keys[0]}", f"must be >= 1, got {gen}")
+    if block < 0 or gen % (block or gen):
+        raise ConfigError(f"eval.{keys[2]}", f"{block} must divide eval.{keys[0]}={gen} (0 = one block)")
+    num_blocks = gen // (block or gen)
+    if steps < 0 or (steps or gen) % num_blocks:
+        raise ConfigError(f"eval.{keys[1]}", f"{steps} must be a multiple of the number of blocks {num_blocks} "
+                          f"(eval.{keys[0]} / eval.{keys[2]}; 0 = one step per token)")
+    return gen, DiffusionSampling(steps=steps, block_length=block, cfg_scale=float(e.cfg_scale), remasking=e.remasking)
+
+
+def _batch_size(config) -> int:
+    return max(config.train.batch_size // config.train.grad_accum_steps, 1)
+
+
 def win_rate_eval(policy, reference, tokenizer, config) -> dict:
-    """Responses of the policy and of the reference to eval.prompts_path, judged pairwise by the
-    local model eval.judge_path: win_rate (95% bootstrap CI) and the length-controlled rate."""
+    """Responses of the policy and of the reference to eval.prompts_path (each model's own sampler:
+    KV-cache decoding, or LLaDA's reverse process with eval.diffusion_* for a masked-diffusion
+    LM), judged pairwise by the local causal LM eval.judge_path (win_rate, its 95% bootstrap CI,
+    lc_win_rate) and / or scored by the sequence-classification reward model
+    eval.reward_model_path (rm_win_rate, rm_win_rate_ci, rm_lc_win_rate)."""
     from transformers import AutoTokenizer
 
     from pojax.eval import win_rates
-    from pojax.eval.generation import generate_texts
+    from pojax.eval.generation import diffusion_mask_id, generate_texts
     from pojax.eval.judge import DEFAULT_TEMPLATE, judge_preferences
 
     e = config.eval
     if reference is None:
         raise ConfigError("reference.path", "win rates compare the policy with a reference: set reference.path")
-    if not e.judge_path:
-        raise ConfigError("eval.judge_path", "win rates need a judge: a Hugging Face causal-LM dir")
+    if not (e.judge_path or e.reward_model_path):
+        raise ConfigError("eval.judge_path", "win rates need a judge: a Hugging Face causal-LM dir (or a "
+                          "sequence-classification reward model in eval.reward_model_path)")
     prompts = _prompts(e.prompts_path, e.num_examples)
+    _, sampling = _diffusion_sampling(config)
     kw = dict(max_new_tokens=e.max_new_tokens, chat_template=config.data.chat_template, temperature=e.temperature,
-              batch_size=max(config.train.batch_size // config.train.grad_accum_steps, 1), seed=config.train.seed)
+              batch_size=_batch_size(config), seed=config.train.seed, diffusion_sampling=sampling)
     (out_a, len_a), (out_b, len_b) = (generate_texts(m, tokenizer, prompts, **kw) for m in (policy, reference))
-    judge = from_pretrained(e.judge_path, dtype=policy.config.dtype)
-    judge_tok = AutoTokenizer.from_pretrained(e.judge_path)
-    pref = judge_preferences(judge, judge_tok, [_instruction(p) for p in prompts], out_a, out_b,
-                             template=e.judge_template or DEFAULT_TEMPLATE, batch_size=kw["batch_size"])
-    return win_rates(pref, len_a, len_b, seed=config.train.seed)
+    results = {}
+    if e.judge_path:
+        judge = from_pretrained(e.judge_path, dtype=policy.config.dtype)
+        if diffusion_mask_id(judge) is not None:
+            raise ConfigError("eval.judge_path", f"{e.judge_path} is a masked-diffusion LM; the judge is read by its "
+                              "next-token logits of '1' / '2': use a causal LM")
+        judge_tok = AutoTokenizer.from_pretrained(e.judge_path, trust_remote_code=False)
+        pref = judge_preferences(judge, judge_tok, [_instruction(p) for p in prompts], out_a, out_b,
+                                 template=e.judge_template or DEFAULT_TEMPLATE, batch_size=kw["batch_size"])
+        results.update(win_rates(pref, len_a, len_b, seed=config.train.seed))
+    if e.reward_model_path:
+        results.update(_reward_model_win_rates(prompts, out_a, out_b, len_a, len_b, config,
+                                               dtype=policy.config.dtype))
+    return results
+
+
+def _reward_model_win_rates(prompts, out_a, out_b, len_a, len_b, config, *, dtype) -> dict:
+    from transformers import AutoTokenizer
+
+    from pojax.eval.rewards import reward_win_rates
+    from pojax.models import CheckpointError, reward
+
+    path = config.eval.reward_model_path
+    try:
+        rm = reward.from_pretrained(path, dtype=dtype)
+    except CheckpointError as err:
+        raise ConfigError("eval.reward_model_path", str(err)) from None
+    try:
+        rm_tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError("eval.reward_model_path", f"{path}: no tokenizer the reward model can read ({err})") from None
+    return reward_win_rates(rm, rm_tok, prompts, out_a, out_b, len_a, len_b, batch_size=_batch_size(config),
+                            seed=config.train.seed)
 
 
 def _markdown(results: dict) -> str:
@@ -117,9 +184,13 @@ def _markdown(results: dict) -> str:
 
 def run_eval(config, workdir: str | None) -> dict:
     """Whatever the config asks for: preference metrics on data.path (or the gym's gold-reward
-    win rate), judged win rates on eval.prompts_path, task accuracy on eval.gsm8k_path /
-    mmlu_path / jsonl_path. Writes results.json and results.md."""
-    from pojax.eval.tasks import run_task
+    win rate), judged and / or reward-model win rates on eval.prompts_path, task accuracy on
+    eval.gsm8k_path / mmlu_path / jsonl_path (eval.num_fewshot solved examples first). A
+    masked-diffusion policy (llada) generates with LLaDA's reverse process: eval.gsm8k_* and
+    eval.mmlu_* settings for those tasks (MMLU generative, as it has no next-token
+    distribution), eval.diffusion_* otherwise. Writes results.json and results.md."""
+    from pojax.eval.generation import diffusion_mask_id
+    from pojax.eval.tasks import FewShotError, run_task
 
     workdir = _workdir(workdir)
     e = config.eval
@@ -131,8 +202,16 @@ def run_eval(config, workdir: str | None) -> dict:
     if not (preference or e.prompts_path or tasks):
         raise ConfigError("eval", "nothing to evaluate: set data.path (preference metrics), eval.prompts_path "
                           "(judged win rates), eval.gsm8k_path, eval.mmlu_path or eval.jsonl_path")
+    if e.reward_model_path and not e.prompts_path:
+        raise ConfigError("eval.prompts_path", "eval.reward_model_path scores responses to eval.prompts_path: set it")
+    if e.num_fewshot < 0:
+        raise ConfigError("eval.num_fewshot", f"must be >= 0, got {e.num_fewshot}")
     mesh, rules = mesh_and_rules(config)
     policy = build_model(config, None, mesh, rules)
+    diffusion = diffusion_mask_id(policy) is not None
+    if diffusion:  # settings checked before any generation
+        for task in (None, *(k for k in tasks if k in ("gsm8k", "mmlu"))):
+            _diffusion_sampling(config, task)
     reference = None
     if config.reference.path:
         reference = from_pretrained(config.reference.path, dtype=policy.config.dtype, mesh=mesh, rules=rules)
@@ -156,19 +235,25 @@ def run_eval(config, workdir: str | None) -> dict:
     if e.prompts_path:
         results.update(win_rate_eval(policy, reference, tokenizer, config))
     for kind, path in tasks.items():
-        results.update(run_task(kind, path, policy, tokenizer, max_new_tokens=e.max_new_tokens,
-                                batch_size=max(config.train.batch_size // config.train.grad_accum_steps, 1),
-                                chat_template=config.data.chat_template))
+        gen, sampling = e.max_new_tokens, None
+        if diffusion:
+            gen, sampling = _diffusion_sampling(config, kind if kind in ("gsm8k", "mmlu") else None)
+        try:
+            results.update(run_task(kind, path, policy, tokenizer, max_new_tokens=gen, batch_size=_batch_size(config),
+                                    chat_template=config.data.chat_template, diffusion_sampling=sampling,
+                                    num_fewshot=e.num_fewshot if kind != "jsonl" else 0,
+                                    fewshot_path=e.get(f"{kind}_fewshot_path", "")))
+        except FewShotError as err:
+            raise ConfigError("eval.num_fewshot", str(err)) from None
     metrics_lib.write_results(workdir, results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(_markdown(results))
+    fs.write_text(os.path.join(workdir, "results.md"), _markdown(results))
     return results
 
 
 def run_export(config, workdir: str | None) -> dict:
     if not workdir:
         raise ConfigError("export", "task 'export' needs --workdir (the run whose checkpoint to export)")
-    stage = config.export.stage or ("train" if os.path.isdir(os.path.join(workdir, "checkpoints", "train")) else "sft")
+    stage = config.export.stage or ("train" if fs.isdir(os.path.join(workdir, "checkpoints", "train")) else "sft")
     best = config.export.checkpoint == "best"
     directory = os.path.join(workdir, "checkpoints", stage + ("_best" if best else ""))
     ckpt = Checkpoints(directory, keep=config.checkpoint.keep)

@@ -18,7 +18,10 @@ import math
 import os
 import socket
 import struct
+import tempfile
 import time
+
+from pojax import fs
 
 
 def _crc32c_table() -> list[int]:
@@ -83,12 +86,22 @@ def record(payload: bytes) -> bytes:
 
 
 class EventWriter:
-    """Appends scalar summaries to a new ``events.out.tfevents.*`` file in ``logdir``."""
+    """Appends scalar summaries to a new ``events.out.tfevents.*`` file in ``logdir``.
+
+    For a remote ``logdir`` (gs://, where objects cannot be appended to) the file grows in a
+    local temporary directory and ``flush()`` uploads it whole; locally ``flush()`` does
+    nothing."""
 
     def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
         now = time.time()
-        self.path = os.path.join(logdir, f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}")
+        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}"
+        self.remote_path = fs.join(logdir, name) if fs.is_remote(logdir) else None
+        if self.remote_path is None:
+            os.makedirs(logdir, exist_ok=True)
+            self.path = os.path.join(logdir, name)
+        else:
+            self._staging = tempfile.TemporaryDirectory(prefix="pojax-events-")
+            self.path = os.path.join(self._staging.name, name)
         with open(self.path, "wb") as f:
             f.write(record(encode_event(0, now, file_version="brain.Event:2")))
 
@@ -99,3 +112,7 @@ class EventWriter:
         if numbers:
             with open(self.path, "ab") as f:
                 f.write(record(encode_event(step, time.time(), numbers)))
+
+    def flush(self) -> None:
+        if self.remote_path is not None:
+            fs.upload(self.path, self.remote_path)

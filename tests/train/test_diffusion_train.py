@@ -21,13 +21,58 @@ def config(**overrides):
 
 @pytest.mark.parametrize(("loss", "first"), [("kto", 0.5), ("sigmoid", math.log(2))])
 def test_first_loss_is_the_policy_equals_reference_value(tmp_path, loss, first):
-    c = config(**{"loss.name": loss})
+    c = config(**{"loss.name": loss, "likelihood.mc_stderr": True})
     validate(c)
     results = run_train(c, str(tmp_path))
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     np.testing.assert_allclose(rows[0]["loss"], first, atol=1e-6)
     assert rows[0]["rewards/margins" if loss != "kto" else "rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
     assert "eval_loss" in results and 0.0 <= results["gold_win_rate"] <= 1.0
+    # likelihood.mc_stderr: logged with every evaluation; the trained policy differs from the
+    # reference, so the two half budgets disagree
+    assert rows[-1]["eval_loss_mc_stderr"] == results["eval_loss_mc_stderr"]
+    assert 0.0 < results["eval_loss_mc_stderr"] < 1.0
+
+
+def test_mc_stderr_of_the_evaluator_is_the_half_budget_formula():
+    """eval_loss_mc_stderr = sqrt(Σ_b (a_b − c_b)² / 4) / N over the held-out rows, accumulated over
+    evaluation batches, with the run's draw key; 0 at policy = reference (shared draws cancel)."""
+    import jax.numpy as jnp
+
+    from pojax.objectives import diffusion as diff_obj
+    from pojax.train.data import gym_data
+    from pojax.train.evaluate import preference_evaluator
+    from pojax.train.objectives import _draw_key, mask_id_of, with_example_ids
+    from pojax.train.run import _copy, build_model
+
+    c = config(**{"loss.name": "sigmoid", "likelihood.mc_stderr": True, "eval.num_examples": 12,
+                  "likelihood.n_mc": 4, "train.batch_size": 8})
+    data = gym_data(c)
+    reference = build_model(c, data.vocab_size)
+    policy = _copy(reference)
+    policy.embed_tokens[...] = policy.embed_tokens[...] * 1.5  # some distance from the reference
+    held, mask_id = with_example_ids(data.held_out, offset=1000), mask_id_of(reference, c)
+    evaluate = preference_evaluator(c, mask_id=mask_id)
+    got = evaluate(policy, reference, held)["eval_loss_mc_stderr"]
+    a, b = diff_obj.half_budget_losses(policy, reference, {k: jnp.asarray(v) for k, v in held.items()},
+                                       loss_name="sigmoid", hparams={"beta": c.loss.beta}, key=_draw_key(c),
+                                       n_mc=4, mask_id=mask_id, chunk_size=c.likelihood.chunk_size)
+    want = float(np.sqrt(np.sum(np.square(np.asarray(a) - np.asarray(b))) / 4) / 12)
+    assert want > 0
+    np.testing.assert_allclose(got, want, rtol=1e-5)  # two evaluation batches (8 + 4 rows) = one of 12
+    assert evaluate(reference, reference, held)["eval_loss_mc_stderr"] == 0.0
+    assert a.shape == b.shape == (12,)  # per-row losses
+
+
+def test_mc_stderr_needs_diffusion_an_even_n_mc_and_the_reference_model():
+    with pytest.raises(ConfigError, match="config key likelihood.n_mc: likelihood.mc_stderr splits the draws into "
+                                          "two halves: n_mc must be even and at least 2, got 3"):
+        validate(config(**{"likelihood.mc_stderr": True, "likelihood.n_mc": 3}))
+    with pytest.raises(ConfigError, match="config key likelihood.mc_stderr: estimates the Monte Carlo error of "
+                                          "diffusion ELBOs; likelihood.kind='autoregressive' has none"):
+        validate(override(recipe("quickstart"), {"likelihood.mc_stderr": True}))
+    with pytest.raises(ConfigError, match="config key likelihood.mc_stderr: needs the reference model's ELBOs"):
+        validate(config(**{"likelihood.mc_stderr": True, "reference.mode": "precomputed"}))
 
 
 def test_precomputed_reference_trains_like_the_frozen_copy(tmp_path):

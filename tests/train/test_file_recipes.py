@@ -89,3 +89,29 @@ def test_ranked_rows_train_a_listwise_loss(hf_dir, tmp_path):
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
     np.testing.assert_allclose(metrics[0]["loss"], (math.log(2) + math.log(6)) / 2, atol=1e-5)
+
+
+def test_paired_rows_train_an_unpaired_loss(hf_dir, tmp_path):
+    """configs/kto.py on paired rows (the ELBO-KTO paper's UltraFeedback-binarized setting): each
+    pair becomes a desirable chosen row and an undesirable rejected row (TRL's
+    unpair_preference_dataset), so there are twice as many rows, half of them desirable, and
+    the first KTO loss is 0.5 (policy = reference, z0 = 0)."""
+    from pojax.data.formats import unpair
+    from pojax.train.data import file_data, row_format
+    from transformers import AutoTokenizer
+
+    pairs = rows("paired", n=20)
+    got = unpair([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    assert [r["label"] for r in got[:4]] == [True, False, True, False]
+    assert got[0]["completion"] == "good yes" and got[1]["completion"] == "bad no go away"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    config = recipe("kto", **SMALL, **{"model.path": hf_dir, "data.path": str(data), "data.format": "paired",
+                                       "train.export_final": False})
+    validate(config)
+    assert row_format(config) == "unpaired"
+    d = file_data(config, AutoTokenizer.from_pretrained(hf_dir))
+    labels = np.concatenate([d.preference["label"], d.held_out["label"]])
+    assert len(labels) == 40 and labels.sum() == 20 and "kl_ids" in d.preference
+    run_train(config, str(tmp_path / "run"))
+    np.testing.assert_allclose(read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["loss"], 0.5, atol=1e-5)

@@ -1,0 +1,44 @@
+"""DiffPO on the gold-reward gym: an aligner trained on reward-ranked trajectories of several base
+policies refines the answers of any policy at inference time (arXiv 2503.04240).
+
+    python -m pojax.main --config=configs/diffpo.py --workdir=/tmp/pojax_diffpo
+    python -m pojax.main --config=configs/diffpo.py --config.diffpo.omega=0.0        # the ω = 0 control
+    python -m pojax.main --config=configs/diffpo.py --config.diffpo.trajectory_order=shuffled
+    # the successor gym, whose shift_* policies make consistent mistakes (the shuffled control's
+    # target then teaches the wrong token):
+    python -m pojax.main --config=configs/diffpo.py --config.diffpo.gym_rule=successor \
+      "--config.diffpo.train_policies=('shift_0.9','shift_0.6','skill_0.3','skill_0.6')" \
+      "--config.diffpo.eval_policies=('skill_0.3','shift_0.6','skill_0.2','shift_0.3','copy')"
+
+The paper's exact hyperparameters (ω, the t-sampling, the trajectory length) are not all public;
+the values below are pojax's choices for the gym.
+"""
+import ml_collections
+
+from pojax.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.task = "diffpo"
+    config.data.gym.num_train = 2048  # prompts, one trajectory each
+    config.data.gym.num_eval = 256  # held-out prompts answered by every eval policy
+    config.train.max_steps = 300
+    config.train.batch_size = 32
+    config.optimizer.learning_rate = 1e-3
+    config.checkpoint.every_steps = 300
+    config.logging.plots = False
+    config.diffpo = ml_collections.ConfigDict()
+    config.diffpo.omega = 1.0  # ω, weight of L_consistency in L_AR + ω·L_consistency (0 = SFT on y(T) only)
+    config.diffpo.divergence = "kl"  # kl | soft_ce: per-position divergence of the consistency term
+    config.diffpo.t_sampling = "uniform"  # state y(t), t ~ U{0..T-1} per example and step
+    # chain: each ideal token is the previous one + 1, so a Jacobi step reads its left neighbour and
+    # the step budget k matters; successor: pojax.data.gym's position-wise rule (one step suffices)
+    config.diffpo.gym_rule = "chain"  # chain | successor
+    config.diffpo.trajectory_order = "reward"  # reward (y(T) = best by gold reward) | shuffled (the control)
+    # base policies whose responses (one each per prompt) form the trajectories, T + 1 = 4
+    config.diffpo.train_policies = ("skill_0.2", "skill_0.5", "skill_0.8", "skill_0.95")
+    # policies refined at evaluation; skill_0.3, skill_0.7 and copy were not used for training
+    config.diffpo.eval_policies = ("skill_0.5", "skill_0.3", "skill_0.7", "copy")
+    config.diffpo.eval_steps = (1, 2, 4)  # Jacobi step budgets k reported (plus convergence)
+    return config

@@ -1,0 +1,14 @@
+"""DiffPO (arXiv 2503.04240): a policy-agnostic aligner that refines any base model's response at
+inference time by Jacobi iteration, trained with L_AR + ω·L_consistency on reward-ranked
+trajectories. Modules: loss (pure, chunked), jacobi (the token-level core), refine (text in,
+text out), trajectories (gym data); the ``diffpo`` task is pojax.train.diffpo."""
+from pojax.diffpo.jacobi import JacobiResult, greedy_next, jacobi_refine, jacobi_step
+from pojax.diffpo.loss import (
+           diffpo_loss,
+           diffpo_model_loss,
+           token_divergence_from_hidden,
+)
+from pojax.diffpo.refine import refine
+
+__all__ = ["JacobiResult", "diffpo_loss", "diffpo_model_loss", "greedy_next", "jacobi_refine", "jacobi_step",
+           "refine", "token_divergence_from_hidden"]
