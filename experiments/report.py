@@ -1,6 +1,7 @@
 """One table and a few plots for a sweep: every run's metrics.jsonl and results.json.
 
     python -m experiments.report --sweep=experiments/sweeps/gym_losses.py [--workdir=runs/gym_losses]
+    python -m experiments.report --runs=runs/dpo,runs/kto,runs/simpo --workdir=runs/compare
 
 Writes <root>/report.md (a table per run, and one averaged over seeds when train.seed is
 swept), <root>/report.csv (the per-run table), and <root>/plots/: training curves of every run
@@ -166,9 +167,11 @@ def write_plots(records: list, outdir: str) -> list:
     return written
 
 
-def report(sweep, root: str, *, plots: bool = True) -> str:
-    """Writes report.md, report.csv and plots/ under ``root``; returns the markdown."""
+def report(sweep, root: str, *, plots: bool = True, out: str | None = None) -> str:
+    """Writes report.md, report.csv and plots/ under ``out`` (default ``root``, the runs'
+    parent); returns the markdown."""
     records = collect(sweep, root)
+    root = root if out is None else out
     header, rows = table(records)
     fs.makedirs(root)  # root may be gs://bucket/sweep (pojax.fs)
     buf = io.StringIO(newline="")
@@ -189,19 +192,53 @@ def report(sweep, root: str, *, plots: bool = True) -> str:
     return text
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def workdirs_sweep(workdirs: list[str]) -> sweeps.Sweep:
+    """A sweep over existing run directories (any runs, not only a sweep file's): each run is
+    named by its path, and its swept keys are the config.json entries that differ between
+    the runs (so the table and the metric-vs-hyperparameter plots show what changed)."""
+    configs = []
+    for w in workdirs:
+        path = os.path.join(w, "config.json")
+        configs.append(_flatten(json.loads(fs.read_text(path))) if fs.exists(path) else {})
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    runs = tuple(sweeps.Run(name=w, overrides=c, swept={k: c.get(k) for k in varying if k in c})
+                 for w, c in zip(workdirs, configs))
+    return sweeps.Sweep(name="comparison", base="(run directories)", runs=runs)
+
+
 def _define_flags() -> dict:
     """The command-line flags (defined only when run as a program, so that launch and report
     can be imported together)."""
     return dict(
         sweep=flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/sweeps/gym_losses.py."),
-        workdir=flags.DEFINE_string("workdir", None, "Root of the runs' workdirs; default runs/<sweep name>."),
+        workdir=flags.DEFINE_string("workdir", None, "Root of the runs' workdirs; default runs/<sweep name>. "
+                                    "With --runs: where the report goes."),
+        runs=flags.DEFINE_list("runs", None, "Run directories to compare instead of a sweep (comma-separated); "
+                               "swept keys are the config.json entries that differ."),
     )
 
 
 def main(argv, f: dict) -> int:
     del argv
+    if f['runs'].value:
+        if not f['workdir'].value:
+            print("report: --runs needs --workdir (where report.md, report.csv and plots/ go)", file=sys.stderr)
+            return 2
+        print(report(workdirs_sweep(f['runs'].value), "", plots=True, out=f['workdir'].value))
+        return 0
     if not f['sweep'].value:
-        print("report: --sweep is required", file=sys.stderr)
+        print("report: --sweep or --runs is required", file=sys.stderr)
         return 2
     sweep = sweeps.load(f['sweep'].value)
     root = f['workdir'].value or os.path.join("runs", sweep.name)

@@ -3,7 +3,7 @@ the chunked log-prob path (``likelihood.chunk_size`` = --chunk tokens: never a f
 [B, T, V] fp32 logits tensor) against the naive path (chunk_size = the sequence length: one
 chunk, the full logits, as a framework without chunking computes them).
 
-    python -m experiments.bench.scaling [--axes=seq,vocab,batch] [--out=experiments/bench/results]
+    python -m experiments.bench.scaling [--axes=seq,vocab,batch] [--steps=8 --warmup=3] [--out=...]
 
 One dimension varies at a time from the base point (the tiny workload's model, 4 pairs,
 256 tokens, vocab 32k). Each point is a fresh process (experiments/bench/peers/pojax_dpo.py);
@@ -23,10 +23,8 @@ from experiments.bench import compare, workload
 
 _AXES = flags.DEFINE_list("axes", ["seq", "vocab", "batch"], "dimensions to sweep: seq, vocab, batch")
 _CHUNK = flags.DEFINE_integer("chunk", 128, "chunk_size of the chunked path (tokens)")
-_STEPS = flags.DEFINE_integer("steps", 8, "optimizer steps per point")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "steps left out of the timing")
-_ROOT = flags.DEFINE_string("data_dir", "/tmp/pojax_bench_scaling", "where the workload files go")
-_OUT = flags.DEFINE_string("out", os.path.join(compare.HERE, "results"), "results directory")
+# --steps, --warmup, --data_dir, --out: compare's flags (this module imports it)
+_STEPS, _WARMUP, _ROOT, _OUT = compare._STEPS, compare._WARMUP, compare._ROOT, compare._OUT
 
 BASE = dataclasses.replace(workload.WORKLOADS["tiny"], name="scale", vocab=32768, pairs=4, prompt_len=128,
                            completion_len=128)
@@ -54,6 +52,26 @@ def measure(w: workload.Workload, chunk: int) -> dict:
     return {"s_per_step": statistics.median(r["step_times"][_WARMUP.value:]), "peak_rss_gib": r["peak_rss_gib"]}
 
 
+def write_results(rows: list, chunk: int, out: str) -> str:
+    """scaling.json and scaling.md under ``out`` (rewritten after every point: a run cut short
+    keeps what it measured); returns the markdown table."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "scaling.json"), "w") as f:
+        json.dump({"hardware": compare.hardware_name(), "chunk": chunk, "rows": rows}, f, indent=2)
+    lines = ["| axis | seq | vocab | pairs | chunked s/step | naive s/step | chunked peak GiB | naive peak GiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda r, k, spec: format(r[k], spec) if k in r else r.get("error", "")[:40]
+    for r in rows:
+        c, n = r["chunked"], r["naive"]
+        lines.append(f"| {r['axis']} | {r['seq_len']} | {r['vocab']} | {r['pairs']} | {fmt(c, 's_per_step', '.3f')} | "
+                     f"{fmt(n, 's_per_step', '.3f')} | {fmt(c, 'peak_rss_gib', '.2f')} | {fmt(n, 'peak_rss_gib', '.2f')} |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "scaling.md"), "w") as f:
+        f.write(f"# pojax DPO step scaling, chunked (chunk {chunk}) vs full logits ({compare.hardware_name()})\n\n")
+        f.write(table)
+    return table
+
+
 def main(argv) -> None:
     del argv
     unknown = set(_AXES.value) - set(GRID)
@@ -63,24 +81,11 @@ def main(argv) -> None:
     for axis in _AXES.value:
         for value in GRID[axis][1]:
             w = point(axis, value)
-            row = {"axis": axis, "seq_len": w.seq_len, "vocab": w.vocab, "pairs": w.pairs,
-                   "chunked": measure(w, _CHUNK.value), "naive": measure(w, w.seq_len)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    os.makedirs(_OUT.value, exist_ok=True)
-    with open(os.path.join(_OUT.value, "scaling.json"), "w") as f:
-        json.dump({"hardware": compare.hardware_name(), "chunk": _CHUNK.value, "rows": rows}, f, indent=2)
-    lines = ["| axis | seq | vocab | pairs | chunked s/step | naive s/step | chunked peak GiB | naive peak GiB |",
-             "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda r, k, spec: format(r[k], spec) if k in r else r.get("error", "")[:40]
-    for r in rows:
-        c, n = r["chunked"], r["naive"]
-        lines.append(f"| {r['axis']} | {r['seq_len']} | {r['vocab']} | {r['pairs']} | {fmt(c, 's_per_step', '.3f')} | "
-                     f"{fmt(n, 's_per_step', '.3f')} | {fmt(c, 'peak_rss_gib', '.2f')} | {fmt(n, 'peak_rss_gib', '.2f')} |")
-    with open(os.path.join(_OUT.value, "scaling.md"), "w") as f:
-        f.write(f"# pojax DPO step scaling, chunked (chunk {_CHUNK.value}) vs full logits ({compare.hardware_name()})\n\n")
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            rows.append({"axis": axis, "seq_len": w.seq_len, "vocab": w.vocab, "pairs": w.pairs,
+                         "chunked": measure(w, _CHUNK.value), "naive": measure(w, w.seq_len)})
+            print(json.dumps(rows[-1]), flush=True)
+            table = write_results(rows, _CHUNK.value, _OUT.value)
+    print(table)
 
 
 if __name__ == "__main__":

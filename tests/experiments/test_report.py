@@ -74,3 +74,25 @@ def test_report_without_seed_or_runs(tmp_path):
     text = report.report(sweep, str(tmp_path / "none"))
     assert "Mean ± std" not in text and "0/2 runs done" in text
     assert "| ipo | ipo | missing |" in text
+
+
+def test_report_of_run_directories(tmp_path):
+    """--runs: any run directories, swept keys = the config.json entries that differ."""
+    runs = tmp_path / "runs"
+    for name, loss, beta, win in (("a", "sigmoid", 0.1, 0.7), ("b", "ipo", 0.1, 0.5), ("c", "sigmoid", 0.5, 0.9)):
+        _write_run(runs, name, 0.3, win=win)
+        (runs / name / "config.json").write_text(json.dumps(
+            {"loss": {"name": loss, "beta": beta}, "train": {"seed": 0, "max_steps": 3}}))
+    dirs = [str(runs / n) for n in "abc"]
+    sweep = report.workdirs_sweep(dirs)
+    assert [r.swept for r in sweep.runs] == [{"loss.beta": 0.1, "loss.name": "sigmoid"},
+                                              {"loss.beta": 0.1, "loss.name": "ipo"},
+                                              {"loss.beta": 0.5, "loss.name": "sigmoid"}]
+    out = tmp_path / "compare"
+    text = report.report(sweep, "", out=str(out))
+    assert (out / "report.md").read_text() == text and "3/3 runs done" in text
+    with open(out / "report.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:4] == ["run", "loss.beta", "loss.name", "status"]
+    assert rows[3][:5] == [dirs[2], "0.5", "sigmoid", "done", "0.9"]
+    assert "gold_win_rate_vs_loss.beta.png" in os.listdir(out / "plots")

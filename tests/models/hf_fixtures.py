@@ -34,7 +34,14 @@ def make_checkpoint(variant: str, path, seed: int = 0, num_layers: int = 2):
     config = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
                                   num_hidden_layers=num_layers, max_position_embeddings=64, **kw)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
+    model = randomize_(AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval())
+    model.save_pretrained(path)
+    return model
+
+
+def randomize_(model):
+    """Every parameter of a torch model redrawn in place (norms around 1, biases and weights
+    around 0): the ones / zeros init of norms and biases would hide a misplaced parameter."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -43,7 +50,6 @@ def make_checkpoint(variant: str, path, seed: int = 0, num_layers: int = 2):
                 p.copy_(0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.2 * torch.randn_like(p))
-    model.save_pretrained(path)
     return model
 
 

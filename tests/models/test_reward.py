@@ -21,6 +21,7 @@ from transformers import (
 from pojax.models import CheckpointError
 from pojax.models.reward import from_pretrained as load_reward
 from pojax.models.reward import last_token_index, reward_scores
+from tests.models.hf_fixtures import randomize_
 
 VOCAB, PAD = 61, 0
 
@@ -32,15 +33,7 @@ def make_classifier(path, model_type: str = "llama", *, seed: int = 0, num_label
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   max_position_embeddings=64, num_labels=num_labels, pad_token_id=pad_token_id, **kw)
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.2 * torch.randn_like(p))
+    model = randomize_(AutoModelForSequenceClassification.from_config(config, dtype=torch.float32).eval())
     model.save_pretrained(path)
     return model
 
