@@ -253,6 +253,9 @@ def _validate_mc_and_cache(config) -> None:
     if config.reference.get("cache_dir") and config.reference.mode != "precomputed":
         raise ConfigError("reference.cache_dir", f"stores precomputed reference values; it needs "
                           f"reference.mode='precomputed', got {config.reference.mode!r}")
+    if "://" in config.reference.get("cache_dir", ""):
+        raise ConfigError("reference.cache_dir", f"{config.reference.cache_dir!r}: the cache is written atomically on "
+                          "a local or shared filesystem path; a bucket is not supported yet")
     if not config.likelihood.get("mc_stderr"):
         return
     if config.likelihood.kind != "diffusion":
@@ -359,7 +362,9 @@ def validate(config) -> None:
 
     gym = config.data.format == "gym"  # the gym serves paired and unpaired sets alike
     # paired rows serve an unpaired loss as TRL's unpair_preference_dataset does (pojax.train.data.row_format)
-    paired = config.data.format in ("paired", "hh_rlhf", "ultrafeedback_binarized")
-    if not gym and unpaired != (config.loss.name in UNPAIRED_LOSSES) and not paired and config.task == "train":
+    unpairable = config.data.format in ("paired", "hh_rlhf", "ultrafeedback_binarized")
+    wants_unpaired = config.loss.name in UNPAIRED_LOSSES
+    if not gym and config.task == "train" and (unpaired and not wants_unpaired or wants_unpaired and not
+                                               (unpaired or unpairable)):
         kind = "unpaired" if unpaired else "paired"
         raise ConfigError("loss.name", f"{config.loss.name!r} does not take {kind} data (data.format={config.data.format!r})")

@@ -145,10 +145,11 @@ def _refine_block(aligner, p_ids, r_ids, n, *, max_steps, eos_id, pad_id, batch_
             slots[j, p.size:p.size + n] = True
         res = jacobi_refine(aligner, jnp.asarray(ids), jnp.asarray(slots), max_steps=max_steps, eos_id=eos_id,
                             pad_id=pad_id)
-        out = np.asarray(res.ids)
+        out, updates, passes, converged = (np.asarray(x) for x in (res.ids, res.updates, res.forward_passes,
+                                                                    res.converged))  # one fetch each
         for j, i in enumerate(rows):
             outs.append(out[j, p_ids[i].size:p_ids[i].size + n].tolist())
-            stats["updates"].append(int(res.updates[j]))
-            stats["forward_passes"].append(int(res.forward_passes[j]))
-            stats["converged"].append(bool(res.converged[j]))
+            stats["updates"].append(int(updates[j]))
+            stats["forward_passes"].append(int(passes[j]))
+            stats["converged"].append(bool(converged[j]))
     return outs, stats

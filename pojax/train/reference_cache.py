@@ -22,25 +22,27 @@ from pojax.train.objectives import _draw_key, reference_values
 CACHE_VERSION = 1
 MANIFEST_FILE, VALUES_FILE = "reference_manifest.json", "reference_values.npz"
 _FULL_HASH_ELEMENTS = 1 << 20  # leaves up to this size are hashed whole
-_SAMPLED_ELEMENTS = 1 << 16  # larger ones: a strided sample of about this many elements + their sum
+_SAMPLED_ELEMENTS = 1 << 16  # larger ones: a strided sample of about this many elements
 
 
 def params_fingerprint(model) -> str:
     """sha256 of the model's parameters: per leaf its path, shape, dtype and bytes. Leaves over
-    2^20 elements contribute a strided sample (~2^16 elements, taken on device) and their float32
-    sum instead of every byte, so an 8B model hashes in seconds; a change confined to unsampled
-    elements that also leaves that sum unchanged would go unnoticed."""
+    2^20 elements contribute a strided sample (~2^16 elements, taken on device) instead of every
+    byte, so an 8B model hashes in seconds; a change confined to unsampled elements of such a
+    leaf would go unnoticed. The bytes are gathered from every process (multi-host safe) and
+    do not depend on the mesh: the same parameters give the same fingerprint on any sharding."""
     from flax import nnx
+    from jax.experimental import multihost_utils
 
+    host = lambda x: np.ascontiguousarray(multihost_utils.process_allgather(x, tiled=True))
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
         h.update(f"{jax.tree_util.keystr(path)}|{tuple(leaf.shape)}|{leaf.dtype};".encode())
         if leaf.size <= _FULL_HASH_ELEMENTS:
-            h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+            h.update(host(leaf).tobytes())
         else:
             stride = -(-leaf.size // _SAMPLED_ELEMENTS)
-            sample, total = jax.device_get((jnp.ravel(leaf)[::stride], jnp.sum(leaf.astype(jnp.float32))))
-            h.update(np.ascontiguousarray(sample).tobytes() + np.float32(total).tobytes())
+            h.update(host(jax.jit(lambda x: jnp.ravel(x)[::stride])(leaf)).tobytes())
     return h.hexdigest()
 
 

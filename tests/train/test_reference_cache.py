@@ -155,3 +155,30 @@ def test_autoregressive_run_reuses_its_cache(tmp_path):
 def test_cache_dir_needs_the_precomputed_mode():
     with pytest.raises(ConfigError, match="config key reference.cache_dir: .*needs reference.mode='precomputed'"):
         validate(quick_config(**{"reference.cache_dir": "/tmp/x", "reference.mode": "copy"}))
+
+
+def test_fingerprint_ignores_the_mesh_and_sees_a_changed_sampled_leaf(monkeypatch):
+    """The same parameters sharded over 8 devices (fsdp × tensor) or on one give one
+    fingerprint; with every leaf sampled (a tiny full-hash threshold) a change to the sampled
+    element 0 still shows."""
+    from pojax.train.run import mesh_and_rules
+
+    config = quick_config(**{"mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2})
+    single = build_model(config, 256, None, None)
+    mesh, rules = mesh_and_rules(config)
+    sharded = build_model(config, 256, mesh, rules)
+    assert reference_cache.params_fingerprint(single) == reference_cache.params_fingerprint(sharded)
+    monkeypatch.setattr(reference_cache, "_FULL_HASH_ELEMENTS", 16)
+    before = reference_cache.params_fingerprint(single)
+    from flax import nnx
+
+    leaves, treedef = jax.tree.flatten(nnx.state(single, nnx.Param))
+    leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].add(1.0)  # element 0 is in every strided sample
+    nnx.update(single, jax.tree.unflatten(treedef, leaves))
+    assert reference_cache.params_fingerprint(single) != before
+
+
+def test_bucket_cache_dir_is_refused():
+    config = quick_config(**{"reference.mode": "precomputed", "reference.cache_dir": "gs://b/cache"})
+    with pytest.raises(ConfigError, match="config key reference.cache_dir: 'gs://b/cache'"):
+        validate(config)
