@@ -228,6 +228,18 @@ def test_shipped_sweeps_load():
     assert llama.slice == "v5p-64" and [r.name for r in llama.runs] == ["sigmoid", "simpo", "ipo"]
 
 
+@pytest.mark.parametrize("name", ["llama3_8b_losses", "elbo_kto_llada8b"])
+def test_shipped_paper_scale_runs_validate(name):
+    """Every run of the TPU sweeps is a valid config (its base recipe + overrides)."""
+    from pojax.config import validate
+    from tests.train.helpers import override, recipe
+
+    sweep = sweeps.load(os.path.join(sweeps.ROOT, "experiments", "sweeps", f"{name}.py"))
+    base = os.path.splitext(os.path.basename(sweep.base))[0]
+    for run in sweep.runs:
+        validate(override(recipe(base), dict(run.overrides)))
+
+
 def test_cli_dry_run():
     import subprocess
 
