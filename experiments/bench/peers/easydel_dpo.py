@@ -24,24 +24,14 @@ Step times are the trainer's own ``metrics.execution_time``: the wall time of
 forward, the policy forward/backward and the AdamW update, under ``jax.block_until_ready``), read
 in the ``on_step_end`` hook along with that step's loss.
 """
-import argparse
-import json
+import contract  # the runners' shared command line (sibling module)
 import os
-import resource
 import shutil
 import tempfile
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--pairs", type=int, required=True)
-    p.add_argument("--max_length", type=int, required=True)
-    p.add_argument("--learning_rate", type=float, default=1e-5)
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--out", required=True)
+    p = contract.parser()
     a = p.parse_args()
     a.out = os.path.abspath(a.out)
 
@@ -96,9 +86,7 @@ def main():
     trainer.train()
     shutil.rmtree(workdir, ignore_errors=True)
 
-    with open(a.out, "w") as f:
-        json.dump({"framework": "easydel", "step_times": times, "losses": losses,
-                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, f)
+    contract.write(a.out, "easydel", times, losses)
 
 
 if __name__ == "__main__":

@@ -4,23 +4,13 @@ clipping at 1.0, one optimizer step per batch of ``--pairs`` pairs.
 
     python experiments/bench/peers/trl_dpo.py --model=DIR --data=FILE --steps=20 --out=trl.json
 """
-import argparse
-import json
-import resource
+import contract  # the runners' shared command line (sibling module)
 import time
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--pairs", type=int, required=True)
-    p.add_argument("--max_length", type=int, required=True)
-    p.add_argument("--learning_rate", type=float, default=1e-5)
-    p.add_argument("--beta", type=float, default=0.1)
+    p = contract.parser()
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", required=True)
     a = p.parse_args()
 
     import torch
@@ -53,9 +43,7 @@ def main():
                      dataloader_num_workers=0, seed=0, disable_tqdm=True)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[Clock()])
     trainer.train()
-    with open(a.out, "w") as f:
-        json.dump({"framework": "trl", "step_times": times, "losses": [losses.get(i + 1) for i in range(a.steps)],
-                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, f)
+    contract.write(a.out, "trl", times, [losses.get(i + 1) for i in range(a.steps)])
 
 
 if __name__ == "__main__":

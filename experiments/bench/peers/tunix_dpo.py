@@ -34,26 +34,17 @@ uint32: nnx.Optimizer's step counter and, it appears, an nnx RNG counter, enter 
 uncommitted to a device and come back committed), so steps 1 and 2 both carry compilation: leave
 at least two warm-up steps out of any timing.
 """
-import argparse
+import contract  # the runners' shared command line (sibling module)
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--pairs", type=int, required=True)
-    p.add_argument("--max_length", type=int, required=True)
-    p.add_argument("--learning_rate", type=float, default=1e-5)
-    p.add_argument("--beta", type=float, default=0.1)
+    p = contract.parser()
     p.add_argument("--stock_rope", action="store_true", help="leave Tunix's fixed θ = 1e6 RoPE alone")
-    p.add_argument("--out", required=True)
     a = p.parse_args()
     a.out = os.path.abspath(a.out)
 
@@ -145,9 +136,7 @@ def main():
     os.chdir(cwd)
     shutil.rmtree(workdir, ignore_errors=True)
 
-    with open(a.out, "w") as f:
-        json.dump({"framework": "tunix", "step_times": times, "losses": losses,
-                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, f)
+    contract.write(a.out, "tunix", times, losses)
 
 
 if __name__ == "__main__":
