@@ -9,13 +9,20 @@ TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% end
             "{% if add_generation_prompt %}assistant :{% endif %}")
 
 
-def make_tokenizer(path=None, chat_template=True):
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+def word_tokenizer(words, template=None) -> PreTrainedTokenizerFast:
+    """One token per whitespace-separated word of ``words`` (which must hold <pad>, <s>, </s>,
+    <unk>), with ``template`` as the chat template when given."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>")
-    if chat_template:
-        fast.chat_template = TEMPLATE
+    if template is not None:
+        fast.chat_template = template
+    return fast
+
+
+def make_tokenizer(path=None, chat_template=True):
+    fast = word_tokenizer(WORDS, TEMPLATE if chat_template else None)
     if path is not None:
         fast.save_pretrained(path)
     return fast

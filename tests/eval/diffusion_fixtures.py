@@ -3,10 +3,8 @@
 logits spell fixed words at the last positions."""
 import jax.numpy as jnp
 from flax import nnx
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
-
 from pojax.models import LLaDA, ModelConfig, save_pretrained
+from tests.data.tokenizer_fixture import word_tokenizer
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "A", "B", "C", "D", "A.", "B.", "C.", "D.", "Answer:", "Question:", "what",
          "is", "the", "sky", "color", "blue", "red", "green", "grey", "2+2?", "3", "4", "5", "6", "####", "hi", "go",
@@ -17,13 +15,7 @@ TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% end
 
 
 def tokenizer(chat_template: bool = False):
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-    if chat_template:
-        fast.chat_template = TEMPLATE
-    return fast
+    return word_tokenizer(WORDS, TEMPLATE if chat_template else None)
 
 
 def llada_config(**kw) -> ModelConfig:

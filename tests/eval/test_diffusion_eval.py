@@ -152,19 +152,10 @@ def test_eval_task_on_a_llada_checkpoint(llada_dir, tmp_path, monkeypatch):
 
 def _judge(path):
     """A tiny random Llama judge with a word-level tokenizer that has "1" and "2"."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tests.models.hf_fixtures import tiny_judge
 
-    words = ["<pad>", "<s>", "</s>", "<unk>", "1", "2", "Response", "Better", "response:", "hi", "go", "4"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<unk>").save_pretrained(path)
-    torch.manual_seed(1)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
-    return str(path)
+    return tiny_judge(path, ["<pad>", "<s>", "</s>", "<unk>", "1", "2", "Response", "Better", "response:", "hi",
+                             "go", "4"])
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

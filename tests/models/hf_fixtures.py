@@ -57,3 +57,17 @@ def torch_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray | None
     with torch.no_grad():
         kw = {} if attention_mask is None else {"attention_mask": torch.as_tensor(attention_mask)}
         return model(torch.as_tensor(input_ids), **kw).logits.float().numpy()
+
+
+def tiny_judge(path, words) -> str:
+    """A tiny random Llama judge (seed 1) with a word-level tokenizer of ``words``, saved to
+    ``path`` as transformers does."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.data.tokenizer_fixture import word_tokenizer
+
+    word_tokenizer(words).save_pretrained(path)
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
+    return str(path)

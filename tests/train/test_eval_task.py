@@ -3,27 +3,17 @@ prompt: 0.5 raw and length-controlled), task accuracies, results.md, and its con
 import json
 
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pojax.config import ConfigError, validate
 from pojax.train.tasks import run_eval
+from tests.models.hf_fixtures import tiny_judge
 from tests.train.helpers import recipe
 
 
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("judge")
-    words = ["<pad>", "<s>", "</s>", "<unk>", "1", "2", "Response", "Better", "response:", "hi", "good", "bad"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<unk>").save_pretrained(path)
-    torch.manual_seed(1)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(path)
-    return str(path)
+    return tiny_judge(tmp_path_factory.mktemp("judge"),
+                      ["<pad>", "<s>", "</s>", "<unk>", "1", "2", "Response", "Better", "response:", "hi", "good", "bad"])
 
 
 def write(path, rows):
