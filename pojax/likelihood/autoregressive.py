@@ -1,10 +1,14 @@
 """Per-token log-probs of a causal LM from its final hidden states, without the logits wall.
 
-log p(y_t) = z_t[y_t] - logsumexp_v z_t[v] with z_t = h_t · W is computed chunk by chunk over
-the sequence axis: each chunk builds its [B, C, V] float32 logits, reduces them to [B, C], and
-runs under ``jax.checkpoint``, so the backward pass recomputes a chunk's logits instead of
-keeping them. Peak temporary memory therefore grows with B·C·V (per device), never with B·T·V
-(tests/likelihood/test_autoregressive.py compares the compiled memory at V = 128k).
+log p(y_t) = z_t[y_t] - logsumexp_v z_t[v] with z_t = h_t · W is computed in tiles: chunks of C
+positions of the sequence, and within each, tiles of Vt columns of the vocabulary reduced by an
+online logsumexp (running max and rescaled sum, as in flash attention). A hand-written VJP keeps
+only the inputs and the per-position logsumexps, and recomputes each tile's logits in the
+backward pass, where d log p(y)/dz = onehot(y) - softmax(z) needs nothing else. Peak temporary
+memory therefore grows with B·C·Vt (per device) plus the [D, V] gradient of the head: never with
+B·T·V, and not with V beyond one tile (tests/likelihood/test_autoregressive.py compares the
+compiled memory at V = 128k). This is the fused "linear + cross-entropy" of Liger-Kernel / Apple's
+Cut-Cross-Entropy, written in plain JAX so XLA compiles it for CPU, GPU and TPU alike.
 
 The batch axis stays whole inside every chunk, so a batch sharded over ("data", "fsdp") stays
 sharded through the scan; ``chunk_size`` counts sequence positions, not tokens of the batch.
@@ -20,29 +24,128 @@ import functools
 import jax
 import jax.numpy as jnp
 
+# Vocabulary tile of the log-softmax: temp memory ∝ B·C·min(V, tile). 8192 keeps the tile's
+# matmul large enough to run at full speed on CPU/GPU while a 128k vocabulary costs no more
+# memory than an 8k one.
+DEFAULT_VOCAB_CHUNK = 8192
 
-def _chunk_token_logps(h_BCD, w_DV, targets_BC, *, logit_soft_cap, with_sq: bool):
-    """log p(target) [B, C] and log Σ_v p(v)² [B, C] (zeros unless with_sq) of one chunk.
 
-    The [B, C, V] logits exist only inside this function (and its recomputation).
+def _tile(h_BCD, w_DV, i, *, vt: int, logit_soft_cap):
+    """Logits of vocabulary tile i: ([B, C, vt] fp32, column ids [vt], fresh [vt] bool).
+
+    The last tile is clamped to end at V, so it may overlap the previous one; ``fresh`` marks
+    the columns no earlier tile covered (the others must be ignored).
     """
+    v = w_DV.shape[1]
+    start = jnp.minimum(i * vt, v - vt)
+    w_DT = jax.lax.dynamic_slice_in_dim(w_DV, start, vt, axis=1)
     # bf16 in, fp32 out: the products accumulate in fp32 and the logits are never rounded.
-    logits_BCV = jnp.einsum("bcd,dv->bcv", h_BCD, w_DV, preferred_element_type=jnp.float32)
+    z_BCT = jnp.einsum("bcd,dv->bcv", h_BCD, w_DT, preferred_element_type=jnp.float32)
     if logit_soft_cap is not None:
         # Gemma-2 style cap, applied before the softmax exactly as in the model's own logits.
-        logits_BCV = logit_soft_cap * jnp.tanh(logits_BCV / logit_soft_cap)
-    lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
-    picked_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
-    if with_sq:
-        # log Σ p² = logsumexp(2z) - 2·logsumexp(z): stays finite where Σ p² underflows.
-        log_sq_BC = jax.nn.logsumexp(2.0 * logits_BCV, axis=-1) - 2.0 * lse_BC
-    else:
-        log_sq_BC = jnp.zeros_like(lse_BC)
-    return picked_BC - lse_BC, log_sq_BC
+        z_BCT = logit_soft_cap * jnp.tanh(z_BCT / logit_soft_cap)
+    cols_T = start + jnp.arange(vt)
+    return z_BCT, start, cols_T, cols_T >= i * vt
+
+
+def _n_tiles(v: int, vt: int) -> int:
+    return -(-v // vt)
+
+
+def _tiles(n: int, body, carry):
+    """fori_loop over n tiles, or one direct call when there is a single tile."""
+    return body(0, carry) if n == 1 else jax.lax.fori_loop(0, n, body, carry)
+
+
+def _chunk_forward(h_BCD, w_DV, targets_BC, *, vt, logit_soft_cap, with_sq):
+    """(log p(target), lse, lse of 2z) [B, C] each, by an online logsumexp over vocab tiles."""
+    zeros = jnp.zeros_like(targets_BC, dtype=jnp.float32)
+
+    def body(i, carry):
+        m, s, s2, picked = carry
+        z, _, cols, fresh = _tile(h_BCD, w_DV, i, vt=vt, logit_soft_cap=logit_soft_cap)
+        z = jnp.where(fresh, z, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+        scale = jnp.exp(m - m_new)
+        s = s * scale + jnp.sum(jnp.exp(z - m_new[..., None]), axis=-1)
+        if with_sq:
+            s2 = s2 * scale**2 + jnp.sum(jnp.exp(2.0 * (z - m_new[..., None])), axis=-1)
+        hit = fresh & (cols == targets_BC[..., None])
+        picked = picked + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
+        return m_new, s, s2, picked
+
+    m, s, s2, picked = _tiles(_n_tiles(w_DV.shape[1], vt), body, (zeros - jnp.inf, zeros, zeros, zeros))
+    lse = m + jnp.log(s)
+    # log Σ p² = logsumexp(2z) - 2·logsumexp(z): stays finite where Σ p² underflows.
+    lse2 = 2.0 * m + jnp.log(s2) if with_sq else zeros
+    return picked - lse, lse, lse2
+
+
+def _chunk_backward(h_BCD, w_DV, targets_BC, lse, lse2, g, g_sq, dw_DV, *, vt, logit_soft_cap, with_sq):
+    """(dh [B, C, D] fp32, dW [D, V] fp32 with this chunk added), recomputing each tile's logits.
+
+    d log p(y)/dz_v = 1[v = y] - p_v;  d log Σ p²/dz_v = 2 q_v - 2 p_v with q = softmax(2z);
+    through the cap, dz/dl = 1 - (z / cap)².
+    """
+    def body(i, carry):
+        dh, dw = carry
+        z, start, cols, fresh = _tile(h_BCD, w_DV, i, vt=vt, logit_soft_cap=logit_soft_cap)
+        p = jnp.exp(z - lse[..., None])
+        dz = jnp.where(cols == targets_BC[..., None], g[..., None], 0.0) - g[..., None] * p
+        if with_sq:
+            dz = dz + g_sq[..., None] * (2.0 * jnp.exp(2.0 * z - lse2[..., None]) - 2.0 * p)
+        if logit_soft_cap is not None:
+            dz = dz * (1.0 - (z / logit_soft_cap) ** 2)
+        dz = jnp.where(fresh, dz, 0.0).astype(h_BCD.dtype)
+        w_DT = jax.lax.dynamic_slice_in_dim(w_DV, start, vt, axis=1)
+        dh = dh + jnp.einsum("bcv,dv->bcd", dz, w_DT, preferred_element_type=jnp.float32)
+        # Under an explicit mesh the batch contraction needs the output's sharding: the head's.
+        dw_DT = jnp.einsum("bcd,bcv->dv", h_BCD, dz, preferred_element_type=jnp.float32,
+                           out_sharding=jax.typeof(w_DT).sharding)
+        dw = jax.lax.dynamic_update_slice_in_dim(
+            dw, jax.lax.dynamic_slice_in_dim(dw, start, vt, axis=1) + dw_DT, start, axis=1)
+        return dh, dw
+
+    dh0 = jnp.zeros_like(h_BCD, dtype=jnp.float32)
+    return _tiles(_n_tiles(w_DV.shape[1], vt), body, (dh0, dw_DV))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _chunked_logps(h_NBCD, w_DV, targets_NBC, vt, logit_soft_cap, with_sq):
+    """(log p [N, B, C], log Σ p² [N, B, C]) over sequence chunks N and vocabulary tiles."""
+    out, _ = _chunked_logps_fwd(h_NBCD, w_DV, targets_NBC, vt, logit_soft_cap, with_sq)
+    return out
+
+
+def _chunked_logps_fwd(h_NBCD, w_DV, targets_NBC, vt, logit_soft_cap, with_sq):
+    fwd = functools.partial(_chunk_forward, vt=vt, logit_soft_cap=logit_soft_cap, with_sq=with_sq)
+    logp, lse, lse2 = jax.lax.map(lambda xs: fwd(xs[0], w_DV, xs[1]), (h_NBCD, targets_NBC))
+    log_sq = lse2 - 2.0 * lse if with_sq else jnp.zeros_like(lse)
+    # Residuals: the inputs and two [N, B, C] statistics; no logits are kept.
+    return (logp, log_sq), (h_NBCD, w_DV, targets_NBC, lse, lse2)
+
+
+def _chunked_logps_bwd(vt, logit_soft_cap, with_sq, res, cotangents):
+    h_NBCD, w_DV, targets_NBC, lse, lse2 = res
+    g_logp, g_sq = cotangents
+    bwd = functools.partial(_chunk_backward, vt=vt, logit_soft_cap=logit_soft_cap, with_sq=with_sq)
+
+    def step(dw, xs):
+        h, tg, l1, l2, g, gs = xs
+        dh, dw = bwd(h, w_DV, tg, l1, l2, g.astype(jnp.float32), gs.astype(jnp.float32), dw)
+        return dw, dh.astype(h_NBCD.dtype)
+
+    dw0 = jnp.zeros_like(w_DV, dtype=jnp.float32)  # keeps the head's sharding
+    dw, dh = jax.lax.scan(step, dw0, (h_NBCD, targets_NBC, lse, lse2, g_logp, g_sq))
+    return dh, dw.astype(w_DV.dtype), None
+
+
+_chunked_logps.defvjp(_chunked_logps_fwd, _chunked_logps_bwd)
 
 
 def token_logps_from_hidden(hidden_BTD, lm_head_DV, targets_BT, *, chunk_size: int = 1024,
-                            logit_soft_cap: float | None = None, return_log_sum_sq: bool = False):
+                            logit_soft_cap: float | None = None, return_log_sum_sq: bool = False,
+                            vocab_chunk_size: int | None = DEFAULT_VOCAB_CHUNK):
     r"""Per-position log-probs of ``targets`` under softmax(h · W), chunked over the sequence.
 
     .. math:: \log p_{b,t} = z_{b,t}[y_{b,t}] - \log \sum_v e^{z_{b,t}[v]},\quad
@@ -52,10 +155,14 @@ def token_logps_from_hidden(hidden_BTD, lm_head_DV, targets_BT, *, chunk_size: i
     arXiv 2406.11827, Eq. 5) from the same logits.
 
     T is padded up to a multiple of the chunk C (padded positions are computed on zeros and
-    dropped). Each chunk runs under ``jax.checkpoint`` inside ``jax.lax.map``: the backward pass
-    recomputes its logits, so neither pass holds more than a few [B, C, V] fp32 buffers plus the
-    [D, V] gradient of the head. Gradients flow to ``hidden_BTD`` and ``lm_head_DV``
-    (also through the log Σ p² output; stop them in the loss if it wants a constant weight).
+    dropped). Sequence chunks run inside ``jax.lax.map`` and vocabulary tiles inside a
+    ``fori_loop`` with an online logsumexp; the custom VJP recomputes each tile's logits, so
+    neither pass holds more than a few [B, C, Vt] fp32 buffers plus the [D, V] fp32 gradient of
+    the head. Gradients flow to ``hidden_BTD`` and ``lm_head_DV`` (also through the log Σ p²
+    output; stop them in the loss if it wants a constant weight).
+
+    With a vocabulary sharded over a mesh axis, a tile smaller than V slices across shards
+    (XLA gathers the head); ``vocab_chunk_size=None`` keeps the whole vocabulary in one tile.
 
     Args:
       hidden_BTD: [B, T, D] final (post-norm) hidden states, float32 or bfloat16.
@@ -63,10 +170,11 @@ def token_logps_from_hidden(hidden_BTD, lm_head_DV, targets_BT, *, chunk_size: i
         the matmul accumulates in float32 whatever the inputs.
       targets_BT: [B, T] int token ids scored at each position (any value where masked out,
         but within [0, V)).
-      chunk_size: C, sequence positions per chunk (clamped to T); temp memory ∝ B·C·V.
+      chunk_size: C, sequence positions per chunk (clamped to T); temp memory ∝ B·C·Vt.
       logit_soft_cap: if set, logits become cap·tanh(logits / cap) before the softmax
         (Gemma-2's final_logit_softcapping); None leaves them as they are.
       return_log_sum_sq: also return log Σ_v p(v)² per position, computed in the same pass.
+      vocab_chunk_size: Vt, vocabulary columns per tile (clamped to V); None = one tile of V.
 
     Returns:
       [B, T] float32 log p(targets), or a pair ([B, T], [B, T]) float32 with log Σ p² second.
@@ -83,11 +191,10 @@ def token_logps_from_hidden(hidden_BTD, lm_head_DV, targets_BT, *, chunk_size: i
     h_NBCD = jnp.moveaxis(hidden_BTD.reshape(b, n_chunks, c, d), 1, 0)
     targets_NBC = jnp.moveaxis(targets_BT.reshape(b, n_chunks, c), 1, 0)
 
-    body = functools.partial(_chunk_token_logps, logit_soft_cap=logit_soft_cap,
-                             with_sq=return_log_sum_sq)
-    # prevent_cse=False is safe (and cheaper) under a loop: lax.map cannot CSE across iterations.
-    body = jax.checkpoint(body, prevent_cse=False)
-    logps_NBC, log_sq_NBC = jax.lax.map(lambda xs: body(xs[0], lm_head_DV, xs[1]), (h_NBCD, targets_NBC))
+    v = lm_head_DV.shape[1]
+    vt = v if vocab_chunk_size is None else max(1, min(int(vocab_chunk_size), v))
+    logps_NBC, log_sq_NBC = _chunked_logps(h_NBCD, lm_head_DV, targets_NBC, vt, logit_soft_cap,
+                                           bool(return_log_sum_sq))
 
     def unchunk(x_NBC):
         return jnp.moveaxis(x_NBC, 0, 1).reshape(b, n_chunks * c)[:, :t]

@@ -1,10 +1,14 @@
 """One training stage: split the model, jit the step with explicit shardings, resume from the
-latest checkpoint, run with a progress bar, log metrics, save checkpoints."""
+latest checkpoint, run with a progress bar, log metrics, save checkpoints.
+
+Batches come from a *batch source*: ``DatasetBatches`` reads a grain pipeline through a
+checkpointable iterator (offline data); pojax.train.online builds each step's batch from the
+current policy's samples. Anything with the same four members works."""
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import jax
 import numpy as np
@@ -59,24 +63,66 @@ class _Mean:
         return {k: (self.sums[k] / c if c else float("nan")) for k, c in self.counts.items()}
 
 
-def _close(bar, data_iter, ckpt, best, writer) -> None:
+class BatchSource(Protocol):
+    """Where a stage's host micro-batches come from.
+
+    ``example`` is a host batch with the shapes of every batch (numpy arrays; nothing consumed);
+    ``next(step, policy)`` returns the next host micro-batch of optimizer step ``step`` and
+    extra metrics for that step's line (``policy()`` builds the current model, for sources that
+    sample from it); ``iterator`` is a grain iterator saved in checkpoints, or None for a source
+    whose batches are a pure function of the step; ``seek(index)`` moves to micro-batch
+    ``index`` after a resume from a checkpoint without iterator state."""
+
+    iterator: object
+
+    def example(self) -> dict: ...
+
+    def next(self, step: int, policy: Callable) -> tuple[dict, dict]: ...
+
+    def seek(self, index: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DatasetBatches:
+    """The micro-batches of a grain pipeline (pojax.data.pipeline.make_dataset), read through a
+    prefetching iterator whose position is saved in every checkpoint."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.iterator = make_iterator(dataset)
+
+    def example(self) -> dict:
+        return self.dataset[0]  # random access: does not move the iterator
+
+    def next(self, step: int, policy: Callable) -> tuple[dict, dict]:
+        return next(self.iterator), {}
+
+    def seek(self, index: int) -> None:
+        restore_iterator(self.iterator, {"next_index": index})
+
+    def close(self) -> None:
+        self.iterator.close()
+
+
+def _close(bar, source, ckpt, best, writer) -> None:
     bar.close()
-    data_iter.close()
+    source.close()
     ckpt.close()  # waits for the async saves in flight
     if best is not None:
         best.close()
     writer.close()  # uploads the metrics of a remote workdir
 
 
-def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx, workdir: str,
-              config, mesh, rules, trainable=nnx.Param, reference=None, loss_state=None, metrics_file="metrics.jsonl",
-              eval_fn: Callable | None = None):
+def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir: str, config, mesh, rules,
+              dataset=None, source: BatchSource | None = None, trainable=nnx.Param, reference=None, loss_state=None,
+              metrics_file="metrics.jsonl", eval_fn: Callable | None = None):
     """Trains ``model`` in place for ``steps`` optimizer steps and returns (model, final
     TrainState, the last step's evaluation figures or None when no evaluation ran in this call).
 
     ``dataset`` is a grain pipeline (pojax.data.pipeline.make_dataset) of this host's
     micro-batches, read through a prefetching iterator whose position is saved in every
-    checkpoint; with ``train.grad_accum_steps`` = k, optimizer step s runs micro-batches
+    checkpoint (``DatasetBatches``); or pass any other ``source`` (a BatchSource). With ``train.grad_accum_steps`` = k, optimizer step s runs micro-batches
     s·k … s·k + k - 1 (optax.MultiSteps averages their gradients) and logs the mean of their
     metrics. Host batches become global arrays with jax.make_array_from_process_local_data.
 
@@ -108,11 +154,13 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
     state = jax.device_put(state, state_sh)
     frozen_sh = sharding.param_shardings(frozen, mesh, rules)
     ref_sh = None if ref_state is None else sharding.param_shardings(ref_state, mesh, rules)
-    example = dataset[0]  # random access: does not move the iterator
+    if (dataset is None) == (source is None):
+        raise ValueError("run_stage takes a dataset or a batch source (exactly one)")
+    source = source if source is not None else DatasetBatches(dataset)
+    example = source.example()
     hosts = jax.process_count()
     global_shapes = {k: (np.shape(v)[0] * hosts,) + np.shape(v)[1:] for k, v in example.items()}
     batch_sh = _batch_sharding(mesh, rules, global_shapes)
-    data_iter = make_iterator(dataset)
     accum = config.train.grad_accum_steps  # micro-batches per optimizer step (optax.MultiSteps)
 
     def to_global(host_batch):
@@ -130,30 +178,31 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
     nan_policy = config.train.nan_policy  # skip | stop: what a step with a non-finite loss or gradient does
     start, eval_metrics = 0, None
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state, data_iter=data_iter)
+        state, meta = ckpt.restore(state, data_iter=source.iterator)
         state = jax.device_put(state, state_sh)
         start = int(meta["step"])
         if not meta["data_restored"]:  # a checkpoint without the iterator: its position is the step
-            restore_iterator(data_iter, {"next_index": start * accum})
+            source.seek(start * accum)
         logging.info("%s: resumed from step %d", name, start)
     writer.truncate_after(start)  # lines past the restored step (or of a run killed before any checkpoint)
     bar = tqdm(total=steps, initial=start, desc=name, disable=not config.logging.progress, dynamic_ncols=True)
     with sharding.use_mesh(mesh, rules):
         for step in range(start, steps):
             t0, tokens, mean = time.perf_counter(), 0, _Mean()
-            skipped = 0
+            skipped, extra = 0, {}
             for _ in range(accum):
-                host_batch = next(data_iter)
+                host_batch, more = source.next(step, lambda params=state.params: nnx.merge(graphdef, params, frozen))
+                extra.update(more)
                 tokens += tokens_in(host_batch) * hosts
                 state, m = jitted(state, to_global(host_batch), frozen, ref_state)
                 m = jax.device_get(m)  # the one fetch per micro-batch; the non-finite flag rides along
                 skipped += int(m.pop("skipped"))
                 mean.add(m)
                 if skipped and nan_policy == "stop":
-                    _close(bar, data_iter, ckpt, best, writer)  # in-flight saves of earlier (good) steps complete
+                    _close(bar, source, ckpt, best, writer)  # in-flight saves of earlier (good) steps complete
                     raise NonFiniteError(name, step + 1, mean.result())
             dt = time.perf_counter() - t0
-            metrics = dict(mean.result(), skipped=skipped, step_time_s=dt, tokens_per_s=tokens / dt)
+            metrics = dict(mean.result(), **extra, skipped=skipped, step_time_s=dt, tokens_per_s=tokens / dt)
             if skipped:
                 logging.warning("%s: step %d: %d micro-batch(es) with a non-finite loss or gradients skipped "
                                 "(train.nan_policy=skip)", name, step + 1, skipped)
@@ -172,8 +221,8 @@ def run_stage(name: str, model, *, objective: Callable, dataset, steps: int, tx,
             bar.set_postfix({short: f"{float(metrics[k]):.3g}" for k, short in _BAR_KEYS if k in metrics})
             bar.update(1)
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == steps:
-                ckpt.save(step + 1, state, {"step": step + 1}, data_iter=data_iter)
+                ckpt.save(step + 1, state, {"step": step + 1}, data_iter=source.iterator)
                 writer.flush()  # a remote metrics file holds every line up to the latest checkpoint
-    _close(bar, data_iter, ckpt, best, writer)
+    _close(bar, source, ckpt, best, writer)
     nnx.update(model, state.params)
     return model, state, eval_metrics

@@ -12,8 +12,9 @@ Each optimizer step s:
      ``online.reward = "gold"``; pass any callable, e.g. a judge or reward model, to run_online):
      chosen = the higher reward; a tied pair carries no preference and gets weight 0 (its
      whole loss, XPO's exploration term included; TRL keeps ties with the first sample chosen);
-  4. runs the jitted train step of pojax.train.step (the same optimizer, non-finite guard and
-     checkpoint layout as pojax.train.loop) on the loss of the mode against the frozen SFT start.
+  4. runs pojax.train.loop.run_stage with these pairs as its batch source (``OnlineBatches``):
+     the same jitted step, optimizer, non-finite guard, progress bar, metrics and checkpoint
+     layout as offline training, on the loss of the mode against the frozen SFT start.
 
 Every step asks the reward for train.batch_size comparisons: the ``labels`` metric counts them
 (ties included), the budget an offline run spends as max_steps × batch_size fixed pairs.
@@ -21,28 +22,32 @@ Every step asks the reward for train.batch_size comparisons: the ``labels`` metr
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from pojax import fs, losses, sharding
+from pojax import fs, losses
 from pojax.config import ConfigError, loss_hparams
 from pojax.data import gym as gym_lib
 from pojax.objectives import pair_logps
 from pojax.sampling import generate
 from pojax.train import metrics as metrics_lib
-from pojax.train.checkpoint import Checkpoints
 from pojax.train.data import gym_data
 from pojax.train.evaluate import gold_eval
-from pojax.train.loop import _batch_sharding, tokens_in
+from pojax.train.loop import run_stage
 from pojax.train.optim import make_optimizer
-from pojax.train.run import _copy, build_model, check_batch, export, mesh_and_rules, sft_stage, write_plots
-from pojax.train.step import NonFiniteError, init_state, make_train_step
+from pojax.train.run import (
+    _copy,
+    build_model,
+    check_batch,
+    export,
+    mesh_and_rules,
+    sft_stage,
+    write_plots,
+)
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (prompts [B, P], completions [B, N]) -> [B]
 
@@ -79,15 +84,13 @@ def step_prompts(gym: gym_lib.Gym, seed: int, step: int, n: int) -> np.ndarray:
     return gym.prompts(np.random.default_rng([seed, 17, step]), n)
 
 
-def online_objective(config, ref_graphdef):
-    """``(model, batch, loss_state, ref_state) -> (loss, metrics, loss_state)`` of the online
+def online_objective(config):
+    """``(model, reference, batch, loss_state) -> (loss, metrics, loss_state)`` of the online
     step: the registered loss on the pairs, averaged with the pairs' weights (ties count 0)."""
     name, hparams, chunk = config.loss.name, loss_hparams(config), config.likelihood.chunk_size
     fn = losses.get(name)
 
-    def objective(m, batch, ls, ref_state):
-        # fresh arrays at this trace level (see pojax.train.loop.run_stage)
-        ref = nnx.merge(ref_graphdef, jax.tree.map(lambda x: x, ref_state))
+    def objective(m, ref, batch, ls):
         logps = pair_logps(m, ref, batch, chunk_size=chunk)
         extra = {"ref_sample_chosen": batch["ref_sample_chosen"]} if "ref_sample_chosen" in batch else {}
         out = fn(logps, **hparams, **extra)
@@ -125,6 +128,39 @@ def sample_pairs(config, gym, policy, reference, prompts: np.ndarray, key, rewar
     return batch, metrics
 
 
+class OnlineBatches:
+    """The batch source (pojax.train.loop.BatchSource) of an online run: the pairs of step s are
+    sampled from the current policy on ``step_prompts(s)`` and labelled by ``reward_fn``. They
+    are a pure function of the step and the policy, so nothing but the parameters is saved."""
+
+    iterator = None
+
+    def __init__(self, config, gym: gym_lib.Gym, reference, reward_fn: RewardFn, batch_size: int):
+        self.config, self.gym, self.reference, self.reward_fn, self.batch_size = config, gym, reference, reward_fn, batch_size
+        self.key = jax.random.key(config.train.seed + 19)
+
+    def example(self) -> dict:
+        n, t = self.batch_size, self.gym.seq_len
+        batch = {k: np.zeros((n, t), np.int32) for k in ("chosen_ids", "rejected_ids")}
+        batch |= {k: np.zeros((n, t), bool) for k in ("chosen_mask", "rejected_mask")}
+        batch["weight"] = np.zeros((n,), np.float32)
+        if self.config.loss.name == "xpo":
+            batch["ref_sample_chosen"] = np.zeros((n,), bool)
+        return batch
+
+    def next(self, step: int, policy) -> tuple[dict, dict]:
+        prompts = step_prompts(self.gym, self.config.train.seed, step, self.batch_size)
+        batch, metrics = sample_pairs(self.config, self.gym, policy(), self.reference, prompts,
+                                      jax.random.fold_in(self.key, step), self.reward_fn)
+        return batch, metrics | {"labels": (step + 1) * self.batch_size}
+
+    def seek(self, index: int) -> None:
+        pass  # nothing to move: the batches of a step depend only on the step
+
+    def close(self) -> None:
+        pass
+
+
 def run_online(config, workdir: str | None, reward_fn: RewardFn | None = None) -> dict:
     """SFT stage (train.sft_steps > 0) → online training for train.max_steps steps → the gym's
     gold-reward evaluation against the SFT start, export, plots and results.json.
@@ -136,69 +172,22 @@ def run_online(config, workdir: str | None, reward_fn: RewardFn | None = None) -
     fs.makedirs(workdir)
     if jax.process_count() > 1:
         raise ConfigError("distributed.initialize", "the online loop runs in one process for now")
+    if config.train.grad_accum_steps != 1:
+        raise ConfigError("train.grad_accum_steps", "online modes sample one batch per optimizer step; set it to 1")
     data = gym_data(config)
     gym = data.gym
     reward_fn = reward_fn or reward_from_config(config, gym)
     mesh, rules = mesh_and_rules(config)
     model = build_model(config, data.vocab_size, mesh, rules)
-    bs, seed, steps = check_batch(config), config.train.seed, config.train.max_steps
+    bs, steps = check_batch(config), config.train.max_steps
     if data.sft is not None:
         model = sft_stage(model, data.sft, config, workdir, mesh, rules, steps=config.train.sft_steps,
                           learning_rate=config.train.sft_learning_rate)
     reference = _copy(model)  # frozen SFT start: the DPO reference, XPO's sampler and the evaluation baseline
-
-    graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
-    ref_graphdef, ref_state = nnx.split(reference)
-    tx = make_optimizer(config, steps)
-    step_fn = make_train_step(graphdef, online_objective(config, ref_graphdef), tx)
-    state = init_state(params, tx, None)
-    state_sh = sharding.param_shardings(state, mesh, rules)
-    state = jax.device_put(state, state_sh)
-    frozen_sh = sharding.param_shardings(frozen, mesh, rules)
-    ref_sh = sharding.param_shardings(ref_state, mesh, rules)
-    t = gym.seq_len
-    shapes = {k: (bs, t) for k in ("chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask")} | {"weight": (bs,)}
-    if config.loss.name == "xpo":
-        shapes["ref_sample_chosen"] = (bs,)
-    batch_sh = _batch_sharding(mesh, rules, shapes)
-    jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, frozen_sh, ref_sh), out_shardings=(state_sh, None),
-                     donate_argnums=(0,))
-
-    ckpt = Checkpoints(os.path.join(workdir, "checkpoints", "train"), keep=config.checkpoint.keep)
-    writer = metrics_lib.MetricsWriter(workdir, "metrics.jsonl", tensorboard="train")
-    start = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        state = jax.device_put(state, state_sh)
-        start = int(meta["step"])
-        logging.info("online: resumed from step %d", start)
-    writer.truncate_after(start)
-    base_key = jax.random.key(seed + 19)
-    for step in range(start, steps):
-        t0 = time.perf_counter()
-        policy = nnx.merge(graphdef, state.params, frozen)
-        prompts = step_prompts(gym, seed, step, bs)
-        host_batch, sample_metrics = sample_pairs(config, gym, policy, reference, prompts,
-                                                  jax.random.fold_in(base_key, step), reward_fn)
-        with sharding.use_mesh(mesh, rules):
-            state, m = jitted(state, jax.device_put(host_batch, batch_sh), frozen, ref_state)
-        m = jax.device_get(m)
-        skipped = int(m.pop("skipped"))
-        if skipped and config.train.nan_policy == "stop":
-            ckpt.close()
-            writer.close()
-            raise NonFiniteError("train", step + 1, {k: float(v) for k, v in m.items()})
-        dt = time.perf_counter() - t0
-        metrics = {k: float(v) for k, v in m.items()} | sample_metrics | dict(
-            labels=(step + 1) * bs, skipped=skipped, step_time_s=dt, tokens_per_s=tokens_in(host_batch) / dt)
-        if (step + 1) % config.logging.every_steps == 0 or step + 1 == steps:
-            writer.write(step + 1, metrics)
-        if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == steps:
-            ckpt.save(step + 1, state, {"step": step + 1})
-            writer.flush()  # a remote metrics.jsonl is uploaded with every checkpoint
-    ckpt.close()
-    writer.close()
-    nnx.update(model, state.params)
+    model, _, _ = run_stage("train", model, objective=online_objective(config), steps=steps,
+                            source=OnlineBatches(config, gym, reference, reward_fn, bs),
+                            tx=make_optimizer(config, steps), workdir=workdir, config=config, mesh=mesh, rules=rules,
+                            reference=reference)
 
     results = {"loss": config.loss.name, "steps": steps, "sft_steps": config.train.sft_steps, "labels": steps * bs}
     if config.train.export_final:

@@ -1,5 +1,6 @@
-"""Chunked log-probs equal the naive full-logits ones (values and gradients, fp32 and bf16),
-the sums match hand values, and the compiled temp memory scales with the chunk, not with T·V."""
+"""Chunked log-probs equal the naive full-logits ones (values and gradients, fp32 and bf16, any
+sequence chunk and vocabulary tile), the sums match hand values, and the compiled temp memory
+scales with the chunk and the tile, not with T·V, and stays flat in V beyond one tile."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ def naive(hidden_BTD, w_DV, targets_BT, *, logit_soft_cap=None):
 
 # Jitted once per shape: eager op-by-op dispatch would compile every primitive separately.
 chunked_jit = jax.jit(ar.token_logps_from_hidden,
-                      static_argnames=("chunk_size", "logit_soft_cap", "return_log_sum_sq"))
+                      static_argnames=("chunk_size", "logit_soft_cap", "return_log_sum_sq", "vocab_chunk_size"))
 naive_jit = jax.jit(naive, static_argnames=("logit_soft_cap",))
 
 
@@ -67,6 +68,30 @@ def test_bf16_inputs_match_fp32_reference_on_the_same_values():
     loss = lambda h, w: jnp.sum(ar.token_logps_from_hidden(h, w, tg, chunk_size=5))
     gh, gw = jax.jit(jax.grad(loss, (0, 1)))(h, w)
     assert gh.dtype == gw.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("tile", [1, 7, 16, 49, 50, None])  # V = 50: non-divisors (clamped last tile), V, one tile
+@pytest.mark.parametrize("cap", [None, 2.0])
+def test_vocab_tiles_equal_naive_values_and_gradients(tile, cap):
+    h, w, tg = inputs(seed=7)
+    got, got_sq = chunked_jit(h, w, tg, chunk_size=5, logit_soft_cap=cap, return_log_sum_sq=True,
+                              vocab_chunk_size=tile)
+    want, want_sq = naive_jit(h, w, tg, logit_soft_cap=cap)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got_sq, want_sq, rtol=0, atol=1e-5)
+    c1, c2 = jax.random.normal(jax.random.key(3), (2, *tg.shape))
+
+    def tiled(h, w):
+        logps, log_sq = ar.token_logps_from_hidden(h, w, tg, chunk_size=5, logit_soft_cap=cap,
+                                                   return_log_sum_sq=True, vocab_chunk_size=tile)
+        return jnp.sum(c1 * logps + c2 * log_sq)
+
+    def reference(h, w):
+        logps, log_sq = naive(h, w, tg, logit_soft_cap=cap)
+        return jnp.sum(c1 * logps + c2 * log_sq)
+
+    for g, r in zip(jax.jit(jax.grad(tiled, (0, 1)))(h, w), jax.jit(jax.grad(reference, (0, 1)))(h, w)):
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk", [5, 13])
@@ -187,18 +212,30 @@ def _temp_bytes(per_token_fn, b, t, d, v):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-def test_temp_memory_scales_with_chunk_not_with_vocab_times_length():
-    b, t, d, v = 1, 2048, 64, 128 * 1024
+def test_temp_memory_scales_with_chunk_and_tile_not_with_vocab_times_length():
+    b, t, d, v, vt = 1, 2048, 64, 128 * 1024, ar.DEFAULT_VOCAB_CHUNK
     naive_bytes = _temp_bytes(lambda h, w, tg: naive(h, w, tg)[0], b, t, d, v)
     chunked = {c: _temp_bytes(lambda h, w, tg, c=c: ar.token_logps_from_hidden(h, w, tg, chunk_size=c), b, t, d, v)
                for c in (128, 512)}
-    print(f"\n[B={b}, T={t}, D={d}, V={v}] value_and_grad temp bytes: naive {naive_bytes:,}; "
+    print(f"\n[B={b}, T={t}, D={d}, V={v}, Vt={vt}] value_and_grad temp bytes: naive {naive_bytes:,}; "
           + "; ".join(f"chunk {c}: {n:,}" for c, n in chunked.items()))
-    logits_bytes = b * t * v * 4
-    assert naive_bytes >= logits_bytes  # the naive version holds the full fp32 logits
-    assert chunked[512] < naive_bytes / 4
-    # grows with the chunk, roughly in proportion: the [B, C, V] fp32 buffers dominate
-    growth = (chunked[512] - chunked[128]) / ((512 - 128) * b * v * 4)
+    assert naive_bytes >= b * t * v * 4  # the naive version holds the full fp32 logits
+    assert chunked[512] < naive_bytes / 40
+    # grows with the chunk, roughly in proportion: a few [B, C, Vt] fp32 tile buffers
+    growth = (chunked[512] - chunked[128]) / ((512 - 128) * b * vt * 4)
     assert 1 <= growth <= 4, growth
-    # and is bounded by a few [B, C, V] buffers plus the [D, V] gradient, independent of T
-    assert chunked[512] < 4 * b * 512 * v * 4 + 2 * d * v * 4
+    # and is bounded by a few tile buffers plus the [D, V] fp32 gradient of the head
+    assert chunked[512] < 4 * b * 512 * vt * 4 + 3 * d * v * 4
+
+
+def test_temp_memory_flat_in_vocab_beyond_one_tile():
+    """From V = 32k to 128k the temp memory grows by the [D, V] head-gradient terms only; with
+    one tile over the whole vocabulary it grows by at least the extra [B, C, V] logits."""
+    b, t, d, c = 1, 1024, 64, 512
+    fn = lambda tile: lambda h, w, tg: ar.token_logps_from_hidden(h, w, tg, chunk_size=c, vocab_chunk_size=tile)
+    tiled = {v: _temp_bytes(fn(ar.DEFAULT_VOCAB_CHUNK), b, t, d, v) for v in (32 * 1024, 128 * 1024)}
+    whole = {v: _temp_bytes(fn(None), b, t, d, v) for v in (32 * 1024, 128 * 1024)}
+    dv = 96 * 1024
+    print(f"\ntemp bytes V=32k→128k: tiled {tiled}, one tile {whole}")
+    assert tiled[128 * 1024] - tiled[32 * 1024] <= 3 * d * dv * 4
+    assert whole[128 * 1024] - whole[32 * 1024] >= b * c * dv * 4
