@@ -41,4 +41,15 @@ def get_config():
     # policies refined at evaluation; skill_0.3, skill_0.7 and copy were not used for training
     config.diffpo.eval_policies = ("skill_0.5", "skill_0.3", "skill_0.7", "copy")
     config.diffpo.eval_steps = (1, 2, 4)  # Jacobi step budgets k reported (plus convergence)
+    config.diffpo.eval_converged = True  # files: also refine to convergence (the gym always does)
+    config.diffpo.prefix_cache = False  # keep the prompt in a KV cache: each Jacobi step runs only the response block
+    config.diffpo.temperature = 0.0  # Jacobi updates: 0 = greedy; τ > 0 = sampled (Gumbel noise fixed per position)
+    # where trajectories come from: gym (data.format = gym) | ranked (pojax ranked rows: prompt,
+    # completions, scores[, models]) | ultrafeedback (openbmb/UltraFeedback: instruction, completions
+    # [{model, response, <score_field>}]); files are read from data.path (pojax.diffpo.text_data)
+    config.diffpo.trajectory_source = "gym"  # gym | ranked | ultrafeedback
+    config.diffpo.score_field = "overall_score"  # ultrafeedback: per-completion score ranking the trajectory
+    config.diffpo.max_states = 3  # files: states y(0..T-1) kept per trajectory (the best below the target)
+    config.diffpo.eval_path = ""  # files: held-out rows (same layout) whose responses are refined; "" = hold out eval.num_examples rows
+    config.diffpo.on_overflow = "truncate"  # files: base answers longer than data.max_completion_length: truncate | blocks | error
     return config

@@ -16,8 +16,13 @@ LIKELIHOODS = ("autoregressive", "diffusion")
 ESTIMATORS = ("length_stratified", "length", "timestep_stratified", "timestep")  # pojax.likelihood.diffusion
 REFERENCE_MODES = ("copy", "precomputed", "lora_base", "none")
 UNPAIRED_LOSSES = ("kto", "apo_zero_unpaired", "bco")
-ONLINE_LOSSES = ("online_dpo", "xpo")  # loss names trained by the online loop (pojax.train.online)
+ONLINE_LOSSES = ("online_dpo", "xpo", "ofs_dpo")  # loss names trained by the online loop (pojax.train.online)
 ONLINE_REWARDS = ("gold",)  # online.reward: "gold" = the gym's gold reward
+# losses that read per-pair scores of the data (madpo: reward_margin; curry_dpo: the curriculum
+# order) and the data formats whose rows carry them (gym: gold reward; score_chosen / score_rejected)
+SCORED_LOSSES = ("madpo", "curry_dpo")
+SCORED_FORMATS = ("gym", "paired", "ultrafeedback_binarized", "ranked")  # ranked: curry_dpo only
+TOKEN_REFERENCE_MODES = ("copy", "lora_base")  # reference models that give per-token distributions (tdpo, tgdpo)
 
 
 # Every loss hyperparameter (TRL's names) with its type. The loss section holds each as an
@@ -31,6 +36,7 @@ LOSS_HPARAMS = {
     "beta_dpo_alpha": float, "beta_dpo_filter": bool, "beta_dpo_rho": float, "beta_dpo_momentum": float,
     "madpo_c_max": float, "madpo_c_min": float, "madpo_lambda": float, "madpo_tau": float,
     "tdpo_alpha": float, "tgdpo_alpha": float, "kto_reference_point": str,
+    "ofs_alpha": float,  # OFS-DPO's regularizer weight (pojax.losses.online.ofs_dpo)
 }
 RUNTIME_LOSS_ARGS = losses.RUNTIME_ARGS  # per-batch inputs of a loss (state, keys, data columns), not config keys
 
@@ -41,6 +47,18 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"config key {key}: {message}")
         self.key = key
+
+
+def rto_ppo(config) -> bool:
+    """RTO's second stage (PPO on token rewards, pojax.train.rto): loss.name = "rto" with a
+    reference.guide_path (the DPO model of its first stage). Without a guide, "rto" is that first,
+    offline DPO stage."""
+    return config.loss.name == "rto" and bool(config.reference.get("guide_path"))
+
+
+def is_online(config) -> bool:
+    """Whether task=train runs the online loop (pojax.train.online) rather than offline data."""
+    return config.loss.name in ONLINE_LOSSES or rto_ppo(config)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -91,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.likelihood = ml_collections.ConfigDict()
     c.likelihood.kind = "autoregressive"  # autoregressive | diffusion
     c.likelihood.chunk_size = 1024  # sequence chunk of the chunked log-softmax, tokens
+    c.likelihood.vocab_chunk_size = 8192  # vocabulary tile of the log-softmax (memory flat in V); 0 = one tile of V
     c.likelihood.n_mc = 8  # Monte Carlo draws of the diffusion ELBO
     c.likelihood.estimator = "length_stratified"  # length_stratified | length | timestep_stratified | timestep
     c.likelihood.mc_stderr = False  # diffusion: eval_loss_mc_stderr from two half budgets at every evaluation (n_mc even)
@@ -101,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reference.lora_rank = 8  # reference.mode = "lora_base": adapter rank
     c.reference.lora_alpha = 16.0  # and scale numerator (scale = alpha / rank)
     c.reference.cache_dir = ""  # reference.mode = "precomputed": dir storing the values + manifest for reuse; "" = in-run only
+    c.reference.guide_path = ""  # HF dir of a DPO-trained model: tgdpo's guide (required), or rto's π_dpo (set = RTO's online PPO stage)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 5e-4  # peak learning rate
@@ -174,10 +194,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.mmlu_gen_length = 3  # MMLU tokens a diffusion model generates; the first option letter counts (LLaDA: 3)
     c.eval.mmlu_steps = 3  # its denoising steps (LLaDA: 3)
     c.eval.mmlu_block_length = 3  # its block length, tokens (LLaDA: 3)
+    c.eval.diagnostics = False  # CHES (arXiv 2410.08847) and implicit- vs reward-model accuracy (arXiv 2409.03650) on held-out pairs
 
-    c.online = ml_collections.ConfigDict()  # loss.name in ONLINE_LOSSES: pairs sampled and labelled during training
+    c.online = ml_collections.ConfigDict()  # loss.name in ONLINE_LOSSES (or rto with a guide, ``is_online``): samples drawn during training
     c.online.temperature = 1.0  # sampling temperature of the training completions (> 0)
     c.online.reward = "gold"  # the labelling reward callable: gold (the gym's gold reward)
+    # ofs_dpo only (OFS-DPO, arXiv 2406.05534; pojax.train.ofs): two LoRA modules over the frozen SFT start
+    c.online.fast_lr_ratio = 4.0  # η_F / η_S > 0: optimizer.learning_rate is the fast module's η_F, the slow's is η_F / this
+    c.online.swap_every = 1  # steps per swap check: slow's mean DPO loss over them < fast's → exchange roles; 0 = never
+    c.online.lora_rank = 8  # rank of each module's adapters (pojax.models.lora targets)
+    c.online.lora_alpha = 16.0  # and their scale numerator (scale = alpha / rank)
+    # rto with reference.guide_path (RTO's PPO stage, arXiv 2404.18922; pojax.train.rto): token rewards
+    # r_t = loss.beta·log π_dpo/π_ref − rto_kl_coef·log π/π_ref (+ rto_seq_coef·online.reward on the last token)
+    c.online.rto_kl_coef = 0.05  # β₂ >= 0: per-token KL penalty of the policy at sampling time
+    c.online.rto_seq_coef = 0.0  # β₃ >= 0: weight of the sequence reward online.reward on the last token; 0 = off
+    c.online.gamma = 1.0  # GAE discount γ in [0, 1]
+    c.online.gae_lambda = 0.95  # GAE λ in [0, 1]
+    c.online.ppo_clip = 0.2  # PPO's ratio clip ε > 0
+    c.online.value_coef = 0.1  # c_v >= 0: weight of the value head's squared error
+    c.online.ppo_epochs = 1  # optimizer steps per rollout (>= 1); checkpoint.every_steps must be a multiple
 
     c.logging = ml_collections.ConfigDict()
     c.logging.every_steps = 1  # steps between metrics.jsonl lines
@@ -219,14 +254,53 @@ def validate_loss(config) -> None:
             raise ConfigError(f"loss.{key}", f"loss {name!r} has no hyperparameter {key!r}; it accepts: {', '.join(accepted)}")
     if config.task in ("train", "eval"):
         listwise, gym = losses.input_kind(name) == "ranked", config.data.format == "gym"
-        if not gym and listwise != (config.data.format == "ranked"):
+        curry_ranked = name == "curry_dpo" and config.data.format == "ranked"  # ranked rows → Curry-DPO's pairs
+        if not gym and not curry_ranked and listwise != (config.data.format == "ranked"):
             raise ConfigError("loss.name", f"{name!r} does not take data.format={config.data.format!r}: listwise "
                               "losses train on ranked data (data.format=ranked or gym), the others do not")
-        if losses.needs_tokens(name) or name == "madpo":
-            why = "reward-model margins (reward_margin)" if name == "madpo" else "token-level extras (token KL / rewards)"
-            raise ConfigError("loss.name", f"{name!r} needs per-example {why} that the trainer does not compute yet")
+        _validate_fed_losses(config)
     if config.reference.mode == "none" and losses.needs_reference(name):
         raise ConfigError("reference.mode", f"'none', but loss {name!r} needs reference log-probs")
+
+
+def _loss_parts(name) -> list[str]:
+    return [p.strip() for p in name.split("+")] if isinstance(name, str) else list(name)
+
+
+def _validate_fed_losses(config) -> None:
+    """The inputs the trainer computes for token-level and scored losses exist for this config:
+    tdpo / tgdpo need a reference model (per-token distributions), unpacked autoregressive
+    batches, and tgdpo a guide (reference.guide_path, checked when the run starts); madpo and
+    curry_dpo need per-pair scores in the data."""
+    name, parts = config.loss.name, _loss_parts(config.loss.name)
+    if config.reference.get("guide_path") and "tgdpo" not in parts and name != "rto":
+        raise ConfigError("reference.guide_path", f"is read by losses 'tgdpo' and 'rto' (its PPO stage) only, not "
+                          f"{name!r}; leave it empty")
+    if losses.needs_tokens(name):
+        if config.reference.mode not in TOKEN_REFERENCE_MODES:
+            raise ConfigError("reference.mode", f"{config.reference.mode!r}: loss {name!r} needs the reference's "
+                              "per-token distributions, which precomputed sequence values cannot give; use "
+                              f"{' or '.join(TOKEN_REFERENCE_MODES)}")
+        if config.likelihood.kind != "autoregressive":
+            raise ConfigError("likelihood.kind", f"{config.likelihood.kind!r}: loss {name!r} needs per-token "
+                              "log-probs of an autoregressive model; a diffusion ELBO has none")
+        if config.data.packing:
+            raise ConfigError("data.packing", f"loss {name!r} needs per-pair token rows; set data.packing=False")
+        if "tgdpo" in parts and config.task != "train":
+            raise ConfigError("loss.name", f"'tgdpo' reads guide token rewards that only task 'train' computes "
+                              f"(reference.guide_path); task {config.task!r} cannot evaluate it")
+    scored = [p for p in parts if p in SCORED_LOSSES]
+    if scored:
+        if config.data.format not in SCORED_FORMATS or (config.data.format == "ranked" and name != "curry_dpo"):
+            raise ConfigError("data.format", f"{config.data.format!r}: loss {scored[0]!r} needs per-pair scores "
+                              f"(the gym's gold reward, score_chosen / score_rejected of data.format "
+                              f"paired | ultrafeedback_binarized, or ranked rows for curry_dpo)")
+        if config.data.packing:
+            raise ConfigError("data.packing", f"loss {scored[0]!r} reads per-pair scores (margins / curriculum "
+                              "order), which packed batches do not carry; set data.packing=False")
+        if "madpo" in parts and config.likelihood.kind != "autoregressive":
+            raise ConfigError("likelihood.kind", f"{config.likelihood.kind!r}: madpo's reward margins are not "
+                              "passed to the diffusion objective yet; use likelihood.kind=autoregressive")
 
 
 def _validate_diffusion(config) -> None:
@@ -308,6 +382,40 @@ def _validate_online(config) -> None:
     if not isinstance(temperature, (int, float)) or temperature <= 0:
         raise ConfigError("online.temperature", f"must be a positive number, got {temperature!r}")
     _one_of(config, "online.reward", ONLINE_REWARDS)
+    if name == "ofs_dpo":
+        _validate_ofs(config)
+    if rto_ppo(config):
+        _validate_rto(config)
+
+
+def _validate_rto(config) -> None:
+    """RTO's PPO keys: coefficients >= 0, γ and λ in [0, 1], ε > 0, whole epochs per checkpoint."""
+    o = config.online
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    for key in ("rto_kl_coef", "rto_seq_coef", "value_coef"):
+        if not number(o[key]) or o[key] < 0:
+            raise ConfigError(f"online.{key}", f"must be a number >= 0, got {o[key]!r}")
+    for key in ("gamma", "gae_lambda"):
+        if not number(o[key]) or not 0 <= o[key] <= 1:
+            raise ConfigError(f"online.{key}", f"must be in [0, 1], got {o[key]!r}")
+    if not number(o.ppo_clip) or o.ppo_clip <= 0:
+        raise ConfigError("online.ppo_clip", f"must be a positive number, got {o.ppo_clip!r}")
+    if isinstance(o.ppo_epochs, bool) or not isinstance(o.ppo_epochs, int) or o.ppo_epochs < 1:
+        raise ConfigError("online.ppo_epochs", f"must be an integer >= 1, got {o.ppo_epochs!r}")
+    if config.checkpoint.every_steps % o.ppo_epochs:
+        raise ConfigError("online.ppo_epochs", f"{o.ppo_epochs} does not divide checkpoint.every_steps="
+                          f"{config.checkpoint.every_steps}: a resumed run must start on a rollout's first step")
+
+
+def _validate_ofs(config) -> None:
+    """OFS-DPO's keys: positive learning-rate ratio and LoRA sizes, a non-negative swap period."""
+    o = config.online
+    for key in ("fast_lr_ratio", "lora_alpha"):
+        if isinstance(o[key], bool) or not isinstance(o[key], (int, float)) or o[key] <= 0:
+            raise ConfigError(f"online.{key}", f"must be a positive number, got {o[key]!r}")
+    _positive(config, "online.lora_rank")
+    if isinstance(o.swap_every, bool) or not isinstance(o.swap_every, int) or o.swap_every < 0:
+        raise ConfigError("online.swap_every", f"must be an integer >= 0 (0 = never swap), got {o.swap_every!r}")
 
 
 def validate(config) -> None:
@@ -338,8 +446,12 @@ def validate(config) -> None:
         raise ConfigError("data.gym.response_len", f"{gym_cfg.response_len} exceeds data.gym.prompt_len="
                           f"{gym_cfg.prompt_len} (the gold rule reads one prompt symbol per response position)")
     for key in ("train.max_steps", "train.batch_size", "train.grad_accum_steps", "checkpoint.every_steps", "checkpoint.keep",
-                "checkpoint.keep_best", "eval.every_steps", "reference.lora_rank"):
+                "checkpoint.keep_best", "eval.every_steps", "reference.lora_rank", "likelihood.chunk_size"):
         _positive(config, key)
+    vocab_chunk = config.likelihood.vocab_chunk_size
+    if not isinstance(vocab_chunk, int) or vocab_chunk < 0:
+        raise ConfigError("likelihood.vocab_chunk_size", f"must be an integer >= 0 (0 = one tile of the whole vocabulary), "
+                          f"got {vocab_chunk!r}")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         if not isinstance(size, int) or (size < 1 and size != -1):
@@ -347,7 +459,7 @@ def validate(config) -> None:
     if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
-    if config.loss.name in ONLINE_LOSSES:
+    if is_online(config):
         _validate_online(config)
     if config.task in ("train", "sft", "pretrain", "eval"):
         if config.likelihood.kind == "diffusion":

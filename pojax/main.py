@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pojax.config import ONLINE_LOSSES, ConfigError, validate
+from pojax.config import ConfigError, is_online, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/quickstart.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory, local or gs://bucket/path: config.json, metrics.jsonl, "
@@ -34,7 +34,7 @@ def _task(module: str, name: str):
 
 # task name -> callable(config, workdir); the other tasks land with their issues.
 TASK_RUNNERS: dict = {
-    "train": lambda config, workdir: (_task("pojax.train.online", "run_online") if config.loss.name in ONLINE_LOSSES
+    "train": lambda config, workdir: (_task("pojax.train.online", "run_online") if is_online(config)
                                       else _task("pojax.train.run", "run_train"))(config, workdir),
     "sft": _task("pojax.train.tasks", "run_sft"),
     "pretrain": _task("pojax.train.tasks", "run_pretrain"),

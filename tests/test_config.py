@@ -3,11 +3,19 @@ import glob
 import importlib.util
 import inspect
 import os
+import re
 
 import pytest
 
 import pojax.losses as L
-from pojax.config import LOSS_HPARAMS, RUNTIME_LOSS_ARGS, ConfigError, base_config, loss_hparams, validate
+from pojax.config import (
+    LOSS_HPARAMS,
+    RUNTIME_LOSS_ARGS,
+    ConfigError,
+    base_config,
+    loss_hparams,
+    validate,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -52,6 +60,8 @@ def test_unset_loss_keys_are_left_to_the_loss():
         ("likelihood.kind", "exact", "config key likelihood.kind: 'exact'"),
         ("train.max_steps", 0, "config key train.max_steps: must be a positive integer"),
         ("mesh.fsdp", 0, "config key mesh.fsdp: must be a positive integer or -1"),
+        ("likelihood.chunk_size", 0, "config key likelihood.chunk_size: must be a positive integer"),
+        ("likelihood.vocab_chunk_size", -1, "config key likelihood.vocab_chunk_size: must be an integer >= 0"),
         ("loss.name", "dpo2", "config key loss.name: unknown loss 'dpo2'"),
         ("loss.simpo_gamma", 1.0, "config key loss.simpo_gamma: loss 'sigmoid' has no hyperparameter 'simpo_gamma'"),
     ],
@@ -118,11 +128,35 @@ def test_two_rest_axes_are_refused():
         validate(config)
 
 
-@pytest.mark.parametrize("name", ["tdpo", "tgdpo", "madpo"])
-def test_losses_the_trainer_cannot_feed_yet_are_refused_by_key(name):
+@pytest.mark.parametrize("name", ["tdpo", "tgdpo", "madpo", "curry_dpo"])
+def test_token_level_and_scored_losses_validate_on_the_gym(name):
     config = base_config()
     config.loss.name = name
-    with pytest.raises(ConfigError, match="config key loss.name"):
+    validate(config)  # the trainer feeds them (tgdpo's guide path is checked when the run starts)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"loss.name": "tdpo", "reference.mode": "precomputed"},
+     "config key reference.mode: 'precomputed': loss 'tdpo' needs the reference's per-token distributions"),
+    ({"loss.name": "tgdpo", "reference.mode": "none"}, "config key reference.mode: 'none': loss 'tgdpo' needs"),
+    ({"loss.name": "tdpo", "data.packing": True}, "config key data.packing: loss 'tdpo' needs per-pair token rows"),
+    ({"loss.name": "tdpo", "likelihood.kind": "diffusion", "model.family": "llada"},
+     "config key likelihood.kind: 'diffusion': loss 'tdpo' needs per-token log-probs"),
+    ({"loss.name": "tgdpo", "task": "eval"}, "config key loss.name: 'tgdpo' reads guide token rewards"),
+    ({"loss.name": "sigmoid", "reference.guide_path": "/ckpt"},
+     "config key reference.guide_path: is read by losses 'tgdpo' and 'rto'"),
+    ({"loss.name": "madpo", "data.format": "hh_rlhf"}, "config key data.format: 'hh_rlhf': loss 'madpo' needs per-pair scores"),
+    ({"loss.name": "curry_dpo", "data.format": "unpaired"}, "config key data.format: 'unpaired': loss 'curry_dpo'"),
+    ({"loss.name": "curry_dpo", "data.packing": True}, "config key data.packing: loss 'curry_dpo' reads per-pair scores"),
+    ({"loss.name": "madpo", "likelihood.kind": "diffusion", "model.family": "llada"},
+     "config key likelihood.kind: 'diffusion': madpo's reward margins"),
+])
+def test_unfed_token_and_scored_combinations_name_their_key(overrides, message):
+    config = base_config()
+    for key, value in overrides.items():
+        *path, field = key.split(".")
+        (config[path[0]] if path else config)[field] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate(config)
 
 

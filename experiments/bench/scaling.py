@@ -1,7 +1,8 @@
 """Step time and peak memory of pojax's DPO step as sequence length, vocabulary and batch grow:
-the chunked log-prob path (``likelihood.chunk_size`` = --chunk tokens: never a full
-[B, T, V] fp32 logits tensor) against the naive path (chunk_size = the sequence length: one
-chunk, the full logits, as a framework without chunking computes them).
+the tiled log-prob path (``likelihood.chunk_size`` = --chunk tokens and the default vocabulary
+tile ``likelihood.vocab_chunk_size``: never a full [B, T, V] fp32 logits tensor, nor [B, C, V])
+against the naive path (chunk_size = the sequence length and vocab_chunk_size = 0: one chunk, one
+tile, the full logits, as a framework without chunking computes them).
 
     python -m experiments.bench.scaling [--axes=seq,vocab,batch] [--steps=8 --warmup=3] [--out=...]
 
@@ -41,11 +42,15 @@ def point(axis: str, value: int) -> workload.Workload:
     return dataclasses.replace(w, name=f"scale_v{w.vocab}_p{w.pairs}_s{w.seq_len}")
 
 
-def measure(w: workload.Workload, chunk: int) -> dict:
+def measure(w: workload.Workload, chunk: int, vocab_chunk: int | None = None) -> dict:
+    """One fresh pojax process at sequence chunk ``chunk`` and vocabulary tile ``vocab_chunk``
+    (None: the config's default; 0: the whole vocabulary)."""
     paths = workload.prepare(w, _ROOT.value)
-    out = os.path.join(_ROOT.value, f"{w.name}_c{chunk}.json")
-    cmd = compare.command("pojax", sys.executable, w, paths, _STEPS.value, out) + [
-        f"--extra=--config.likelihood.chunk_size={chunk}"]
+    out = os.path.join(_ROOT.value, f"{w.name}_c{chunk}_v{vocab_chunk}.json")
+    extra = [f"--extra=--config.likelihood.chunk_size={chunk}"]
+    if vocab_chunk is not None:
+        extra.append(f"--extra=--config.likelihood.vocab_chunk_size={vocab_chunk}")
+    cmd = compare.command("pojax", sys.executable, w, paths, _STEPS.value, out) + extra
     r = compare.run_one(cmd, out)
     if "error" in r:
         return {"error": r["error"].strip().splitlines()[-1] if r["error"].strip() else "failed"}
@@ -67,7 +72,8 @@ def write_results(rows: list, chunk: int, out: str) -> str:
                      f"{fmt(n, 's_per_step', '.3f')} | {fmt(c, 'peak_rss_gib', '.2f')} | {fmt(n, 'peak_rss_gib', '.2f')} |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "scaling.md"), "w") as f:
-        f.write(f"# pojax DPO step scaling, chunked (chunk {chunk}) vs full logits ({compare.hardware_name()})\n\n")
+        f.write(f"# pojax DPO step scaling, tiled (sequence chunk {chunk}, default vocabulary tile) vs full logits "
+                f"({compare.hardware_name()})\n\n")
         f.write(table)
     return table
 
@@ -82,7 +88,7 @@ def main(argv) -> None:
         for value in GRID[axis][1]:
             w = point(axis, value)
             rows.append({"axis": axis, "seq_len": w.seq_len, "vocab": w.vocab, "pairs": w.pairs,
-                         "chunked": measure(w, _CHUNK.value), "naive": measure(w, w.seq_len)})
+                         "chunked": measure(w, _CHUNK.value), "naive": measure(w, w.seq_len, 0)})
             print(json.dumps(rows[-1]), flush=True)
             table = write_results(rows, _CHUNK.value, _OUT.value)
     print(table)

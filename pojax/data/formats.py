@@ -265,3 +265,23 @@ def unpair(rows: list[dict]) -> list[dict]:
         out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
         out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
     return out
+
+
+def ranked_pairs(rows: list[dict]) -> list[dict]:
+    """Normalized ranked rows as scored pairs, as Curry-DPO builds them (Pattnaik et al.,
+    arXiv 2403.07230, Sec. 3): the best-scored response of each prompt is chosen against every
+    response scored strictly lower, so K responses give up to K − 1 pairs, (best, worst) having
+    the largest score gap. Each pair keeps score_chosen / score_rejected (its curriculum key);
+    responses tied with the best make no pair."""
+    out = []
+    for row in rows:
+        scores = row["scores"]
+        best = max(range(len(scores)), key=lambda j: scores[j])  # the first of tied bests
+        for j in sorted(range(len(scores)), key=lambda j: scores[j]):  # worst first
+            if scores[j] < scores[best]:
+                pair = {"prompt": row["prompt"], "chosen": row["completions"][best], "rejected": row["completions"][j],
+                        "score_chosen": scores[best], "score_rejected": scores[j]}
+                if "prompt_text" in row:
+                    pair["prompt_text"] = row["prompt_text"]
+                out.append(pair)
+    return out

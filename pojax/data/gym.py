@@ -121,16 +121,22 @@ def from_config(config) -> Gym:
     return Gym(num_symbols=g.num_symbols, prompt_len=g.prompt_len, response_len=g.response_len, base_skill=g.base_skill)
 
 
-def training_rows(gym: Gym, kind: str, seed: int, n: int, noise: float = 0.0) -> dict:
+def training_rows(gym: Gym, kind: str, seed: int, n: int, noise: float = 0.0, *, scores: bool = False) -> dict:
     """The gym's training set as batch-ready arrays: kind is "sft", "paired", "unpaired" or
-    "ranked" (4 responses per prompt scored by the gold reward)."""
+    "ranked" (4 responses per prompt scored by the gold reward). ``scores`` adds the gold
+    rewards of paired rows as score_chosen / score_rejected [n] float32 (the columns of
+    UltraFeedback-style files; madpo's margins and curry_dpo's order read them)."""
     if kind == "sft":
         d = gym.sft_set(seed, n)
         return {"input_ids": d["input_ids"], "completion_mask": d["completion_mask"]}
     if kind == "paired":
         d = gym.paired_set(seed, n, noise)
-        return {"chosen_ids": d["chosen_ids"], "rejected_ids": d["rejected_ids"],
+        rows = {"chosen_ids": d["chosen_ids"], "rejected_ids": d["rejected_ids"],
                 "chosen_mask": d["completion_mask"], "rejected_mask": d["completion_mask"]}
+        if scores:
+            rows["score_chosen"] = d["chosen_reward"].astype(np.float32)
+            rows["score_rejected"] = d["rejected_reward"].astype(np.float32)
+        return rows
     if kind == "ranked":
         d = gym.ranked_set(seed, n)
         k = d["input_ids"].shape[1]

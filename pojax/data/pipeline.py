@@ -17,11 +17,12 @@ and the iterator's state (``iterator_state`` / ``restore_iterator``, or grain's 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import jax
-
+import numpy as np
 
 
 def split_eval(rows: dict, n_eval: int) -> tuple[dict, dict | None]:
@@ -30,6 +31,24 @@ def split_eval(rows: dict, n_eval: int) -> tuple[dict, dict | None]:
     if n_eval <= 0 or n <= 2 * n_eval:
         return rows, None
     return {k: v[:-n_eval] for k, v in rows.items()}, {k: v[-n_eval:] for k, v in rows.items()}
+
+
+def curriculum_order(score_gap_N, seed: int) -> np.ndarray:
+    """Curry-DPO's curriculum (Pattnaik et al., arXiv 2403.07230): example indices easy → hard,
+    i.e. by descending score gap g = score(chosen) − score(rejected) (a large gap is an easy
+    pair), ties in a random order fixed by ``seed``.
+
+    Args:
+      score_gap_N: [N] numbers g.
+      seed: the tie-break seed.
+    Returns:
+      [N] int64, a permutation of 0..N-1 with g non-increasing along it.
+    """
+    gap = np.asarray(score_gap_N, np.float64)
+    if gap.ndim != 1 or not np.isfinite(gap).all():
+        raise ValueError(f"curriculum_order needs a finite [N] score gap, got shape {gap.shape}")
+    perm = np.random.default_rng([seed, 8]).permutation(len(gap))
+    return perm[np.argsort(-gap[perm], kind="stable")]
 
 
 class ArraySource:

@@ -1,7 +1,9 @@
 """DiffPO (arXiv 2503.04240): a policy-agnostic aligner that refines any base model's response at
 inference time by Jacobi iteration, trained with L_AR + ω·L_consistency on reward-ranked
-trajectories. Modules: loss (pure, chunked), jacobi (the token-level core), refine (text in,
-text out), trajectories (gym data); the ``diffpo`` task is pojax.train.diffpo."""
+trajectories. Modules: loss (pure, chunked), jacobi (the token-level core: greedy or sampled
+updates, optional prompt KV cache), refine (text in, text out), trajectories (gym data),
+text_data (trajectories from ranked / UltraFeedback files); the ``diffpo`` task is
+pojax.train.diffpo."""
 from pojax.diffpo.jacobi import JacobiResult, greedy_next, jacobi_refine, jacobi_step
 from pojax.diffpo.loss import (
            diffpo_loss,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,7 +36,8 @@ def _encode(tokenizer, texts, *, special: bool):
 def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, max_steps: int | None,
            block_size: int | None = None, eos_id: int | None = None, pad_id: int | None = None,
            on_overflow: str = "error", reserved_prefix: int = 0, batch_size: int = 16,
-           width_multiple: int = 16, return_stats: bool = False):
+           width_multiple: int = 16, return_stats: bool = False, temperature: float = 0.0, key=None,
+           prefix_cache: bool = False):
     """Refines ``base_responses`` to ``prompts`` with the aligner by Jacobi iteration.
 
     Args:
@@ -61,6 +63,11 @@ def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, m
       batch_size: rows per compiled call (the last call is padded with copies of a row).
       width_multiple: prompt widths are rounded up to a multiple of this (fewer compilations).
       return_stats: also return {"updates", "forward_passes", "converged"} per response.
+      temperature: 0 = greedy Jacobi updates; τ > 0 = sampled updates (pojax.diffpo.jacobi), with
+      key: their PRNG key (each compiled call folds in its block and first row, so a response
+        depends on the key, its position in the inputs and batch_size, not on other calls).
+      prefix_cache: the prompt's keys and values computed once per block and kept in a KV cache;
+        each Jacobi step runs only the block (pojax.diffpo.jacobi.jacobi_step_cached).
 
     Returns:
       B responses (text, or int lists without a tokenizer) cut before their first EOS; with
@@ -98,8 +105,11 @@ def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, m
         if r.size - reserved_prefix > n and on_overflow == "error":
             raise ValueError(f"diffpo.refine: base response {i} has {r.size} tokens, more than block_size={n}; "
                              "raise block_size or pass on_overflow='truncate' or 'blocks'")
-    kw = dict(max_steps=max_steps, eos_id=eos_id, pad_id=pad_id, batch_size=batch_size,
-              width_multiple=width_multiple)
+    if temperature > 0 and key is None:
+        raise ValueError("diffpo.refine: temperature > 0 (sampled Jacobi updates) needs a PRNG key")
+    kw = {"max_steps": max_steps, "eos_id": eos_id, "pad_id": pad_id, "batch_size": batch_size,
+          "width_multiple": width_multiple, "temperature": temperature,
+          "prefix_cache": prefix_cache}
     if reserved_prefix:  # the first tokens of the base answer are kept: they join the prompt
         p_ids = [np.concatenate([p, r[:reserved_prefix]]) for p, r in zip(p_ids, r_ids)]
         kept = [r[:reserved_prefix] for r in r_ids]
@@ -116,7 +126,8 @@ def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, m
         live = [i for i in range(len(p_ids)) if not done[i] and b < n_blocks[i]]
         prompts_b = [np.concatenate([p_ids[i], np.asarray(toks[i][len(kept[i]):], np.int64)]) for i in live]
         guesses_b = [r_ids[i][b * n:(b + 1) * n] for i in live]
-        block, st = _refine_block(aligner, prompts_b, guesses_b, n, **kw)
+        block_key = None if key is None else jax.random.fold_in(key, b)
+        block, st = _refine_block(aligner, prompts_b, guesses_b, n, key=block_key, **kw)
         for i, out, u, f, c in zip(live, block, st["updates"], st["forward_passes"], st["converged"]):
             if eos_id is not None and eos_id in out:
                 out, done[i] = out[:out.index(eos_id)], True
@@ -128,7 +139,8 @@ def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, m
     return (outs, stats) if return_stats else outs
 
 
-def _refine_block(aligner, p_ids, r_ids, n, *, max_steps, eos_id, pad_id, batch_size, width_multiple):
+def _refine_block(aligner, p_ids, r_ids, n, *, max_steps, eos_id, pad_id, batch_size, width_multiple, temperature,
+                  key, prefix_cache):
     """One block of N slots per row: (slot tokens per row, stats lists)."""
     pw = max(p.size for p in p_ids)
     pw = -(-pw // width_multiple) * width_multiple
@@ -144,7 +156,8 @@ def _refine_block(aligner, p_ids, r_ids, n, *, max_steps, eos_id, pad_id, batch_
             ids[j, p.size:p.size + r.size] = r
             slots[j, p.size:p.size + n] = True
         res = jacobi_refine(aligner, jnp.asarray(ids), jnp.asarray(slots), max_steps=max_steps, eos_id=eos_id,
-                            pad_id=pad_id)
+                            pad_id=pad_id, temperature=temperature, prefix_cache=prefix_cache,
+                            key=None if key is None else jax.random.fold_in(key, start))
         out, updates, passes, converged = (np.asarray(x) for x in (res.ids, res.updates, res.forward_passes,
                                                                     res.converged))  # one fetch each
         for j, i in enumerate(rows):

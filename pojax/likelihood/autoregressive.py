@@ -283,7 +283,8 @@ def segment_logps(token_logps_BT, segment_ids_BT, mask_BT, num_segments: int):
 
 
 def token_logps(model, input_ids_BT, targets_BT, *, chunk_size: int = 1024, positions=None,
-                segment_ids=None, logit_soft_cap: float | None = None, return_log_sum_sq: bool = False):
+                segment_ids=None, logit_soft_cap: float | None = None, return_log_sum_sq: bool = False,
+                vocab_chunk_size: int | None = DEFAULT_VOCAB_CHUNK):
     """Per-token log-probs [B, T] float32 of ``targets`` under a pojax causal LM.
 
     ``model.hidden_states`` followed by ``token_logps_from_hidden``; the full logits are never
@@ -294,7 +295,8 @@ def token_logps(model, input_ids_BT, targets_BT, *, chunk_size: int = 1024, posi
       model: the causal LM.
       input_ids_BT: [B, T] int32 inputs.
       targets_BT: [B, T] int ids scored at each position (see ``shift_targets``).
-      chunk_size, logit_soft_cap, return_log_sum_sq: as in ``token_logps_from_hidden``.
+      chunk_size, logit_soft_cap, return_log_sum_sq, vocab_chunk_size: as in
+        ``token_logps_from_hidden``.
       positions, segment_ids: optional [B, T], passed to the model (packed rows).
 
     Returns:
@@ -305,4 +307,5 @@ def token_logps(model, input_ids_BT, targets_BT, *, chunk_size: int = 1024, posi
     # paths give the same numbers in bf16.
     w_DV = model.lm_head_weight().astype(hidden_BTD.dtype)
     return token_logps_from_hidden(hidden_BTD, w_DV, targets_BT, chunk_size=chunk_size,
-                                   logit_soft_cap=logit_soft_cap, return_log_sum_sq=return_log_sum_sq)
+                                   logit_soft_cap=logit_soft_cap, return_log_sum_sq=return_log_sum_sq,
+                                   vocab_chunk_size=vocab_chunk_size)

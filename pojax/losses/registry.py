@@ -17,7 +17,8 @@ _INPUT_KINDS = {"PairLogps": "pair", "UnpairedLogps": "unpaired", "RankedLogps":
 # BCO's and beta-DPO's running ``state``, beta-DPO's PRNG ``key`` (its filtering), soft-label
 # ``preference`` probabilities (soft_dpo, adpo) and reward-model ``reward_margin`` (madpo), each
 # [B]. The trainer passes them per batch; they are never config keys.
-RUNTIME_ARGS = ("state", "key", "preference", "reward_margin", "ref_sample_chosen")  # + XPO's side flag
+RUNTIME_ARGS = ("state", "key", "preference", "reward_margin", "ref_sample_chosen",  # + XPO's side flag
+                "slow_logps")  # + OFS-DPO's slow module (PairLogps)
 
 
 def register(*names: str, reference_free: bool = False, tokens: bool = False) -> Callable[[Callable], Callable]:

@@ -153,10 +153,11 @@ def rto(logps: PairLogps, *, beta=0.1, label_smoothing=0.0) -> LossOutput:
     π_dpo with sigmoid DPO (Eq. 7 of arXiv 2305.18290); the loss is exactly ``sigmoid``.
 
     RTO's second stage is PPO with the token rewards ``rto_token_rewards`` of the model this
-    stage produces. That stage is not a loss of log-likelihoods: it needs the trainer to sample
-    completions online from the policy, score them with π_dpo, π_ref (and optionally a reward
-    model), fit a value head, compute GAE advantages over the token rewards and optimize the
-    clipped PPO surrogate. pojax does not implement it yet.
+    stage produces. That stage is not a loss of log-likelihoods: the trainer samples completions
+    online from the policy, scores them with π_dpo, π_ref (and optionally a sequence reward),
+    fits a value head, computes GAE advantages over the token rewards and optimizes the clipped
+    PPO surrogate: pojax.train.rto (the online loop runs it for ``loss.name = "rto"`` with
+    ``reference.guide_path`` = this stage's export; the math is pojax.losses.ppo).
 
     When ``chosen_tokens`` / ``rejected_tokens`` carry ``ref``, the metrics add the mean token
     reward β·log π/π_ref of the model being trained: rto/token_reward_chosen, _rejected.

@@ -110,7 +110,9 @@ def _layout(suffix: tuple) -> object:
 
 
 def name_map(model: CausalLM | LLaDA) -> dict[tuple, tuple]:
-    """pojax param path -> (list of transformers names, one per stacked layer or one, layout)."""
+    """pojax param path -> (transformers names, layout, stacked): one name per layer of a
+    parameter stacked under nnx.scan (stacked = True, leading axis = layer; also with a single
+    layer), else one name."""
     out = {}
     n_layers = model.config.num_hidden_layers
     top, layer, prefix = _FAMILY_MAPS.get(model.config.model_type, _CAUSAL_MAPS)
@@ -119,7 +121,7 @@ def name_map(model: CausalLM | LLaDA) -> dict[tuple, tuple]:
         path = tuple(path)
         if path in top:
             name, layout = top[path]
-            out[path] = ([name], layout)
+            out[path] = ([name], layout, False)
         elif path[0] == "layers":
             if model.config.scan_layers:
                 suffix, names = path[1:], [prefix.format(i) for i in range(n_layers)]
@@ -127,7 +129,7 @@ def name_map(model: CausalLM | LLaDA) -> dict[tuple, tuple]:
                 suffix, names = path[2:], [prefix.format(path[1])]
             if suffix not in layer:
                 raise KeyError(f"no {model.config.model_type} checkpoint name for pojax parameter {path}")
-            out[path] = ([n + layer[suffix] for n in names], _layout(suffix))
+            out[path] = ([n + layer[suffix] for n in names], _layout(suffix), bool(model.config.scan_layers))
         else:
             raise KeyError(f"no transformers name for pojax parameter {path}")
     return out
@@ -213,8 +215,8 @@ def read_tensor(path: str, name: str) -> tuple[np.ndarray | None, str]:
 
 def _check(ckpt: _Checkpoint, names: dict, abstract: dict) -> None:
     problems = []
-    for path, (hf_names, layout) in names.items():
-        shape = abstract[path].shape[1:] if len(hf_names) > 1 else abstract[path].shape
+    for path, (hf_names, layout, stacked) in names.items():
+        shape = abstract[path].shape[1:] if stacked else abstract[path].shape
         want = hf_shape(shape, layout)
         for name in hf_names:
             fname = ckpt.file_of(name)
@@ -258,9 +260,8 @@ def load_into(model: CausalLM | LLaDA, path: str, *, mesh=None, rules=None) -> C
     rules = rules or sharding.DEFAULT_RULES
     new = {}
     for path_, var in flat.items():
-        hf_names, layout = names[path_]
+        hf_names, layout, stacked = names[path_]
         shape, dtype = tuple(var.shape), var.dtype
-        stacked = len(hf_names) > 1
         logical = var.get_metadata("logical_axes")
         if mesh is not None:
             target = sharding.logical_to_sharding(logical, mesh, rules, shape=shape)
@@ -338,9 +339,9 @@ def save_pretrained(model: CausalLM | LLaDA, path: str, *, max_shard_bytes: int 
     names = name_map(model)
     tensors = {}
     for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        hf_names, layout = names[tuple(p)]
+        hf_names, layout, stacked = names[tuple(p)]
         value = np.asarray(jax.device_get(var[...]))
-        if len(hf_names) > 1:
+        if stacked:
             for i, name in enumerate(hf_names):
                 tensors[name] = to_hf(value[i], layout)
         else:

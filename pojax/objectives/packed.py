@@ -27,11 +27,12 @@ from pojax.likelihood import autoregressive as ar
 _COUPLED = ("aot", "aot_unpaired", "sft", "orpo", "asft")
 
 
-def _segment_sums(model, batch, num_segments: int, chunk_size: int):
+def _segment_sums(model, batch, num_segments: int, chunk_size: int, vocab_chunk_size=ar.DEFAULT_VOCAB_CHUNK):
     """([R, S] per-segment completion log-likelihoods, [R, S] completion token counts)."""
     ids, seg = batch["input_ids"], batch["segment_ids"]
     targets, tmask = ar.shift_targets(ids, batch["completion_mask"], segment_ids_BT=seg)
-    tok = ar.token_logps(model, ids, targets, chunk_size=chunk_size, positions=batch["positions"], segment_ids=seg)
+    tok = ar.token_logps(model, ids, targets, chunk_size=chunk_size, positions=batch["positions"], segment_ids=seg,
+                         vocab_chunk_size=vocab_chunk_size)
     counts = ar.segment_logps(jnp.ones(tok.shape, jnp.float32), seg, tmask, num_segments)
     return ar.segment_logps(tok, seg, tmask, num_segments), counts
 
@@ -42,7 +43,8 @@ def _gather(x_RS, batch, side: str, empty: float):
     return jnp.where(batch["pair_mask"], x_RS[batch["pair_row"], col], empty)
 
 
-def packed_pair_logps(policy, reference, batch, *, chunk_size: int = 1024) -> tuple[losses.PairLogps, jax.Array]:
+def packed_pair_logps(policy, reference, batch, *, chunk_size: int = 1024,
+                      vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK) -> tuple[losses.PairLogps, jax.Array]:
     """PairLogps [P] of a packed batch, and its pair mask [P] bool.
 
     Empty slots get log-likelihoods 0 and lengths 1 (finite in every loss, so their masked-out
@@ -61,9 +63,9 @@ def packed_pair_logps(policy, reference, batch, *, chunk_size: int = 1024) -> tu
     """
     num_rows, num_slots = batch["input_ids"].shape[0], batch["pair_mask"].shape[0]
     num_segments = 2 * (num_slots // num_rows)
-    seq, counts = _segment_sums(policy, batch, num_segments, chunk_size)
+    seq, counts = _segment_sums(policy, batch, num_segments, chunk_size, vocab_chunk_size)
     if reference is not None:
-        ref_seq = jax.lax.stop_gradient(_segment_sums(reference, batch, num_segments, chunk_size)[0])
+        ref_seq = jax.lax.stop_gradient(_segment_sums(reference, batch, num_segments, chunk_size, vocab_chunk_size)[0])
         ref_chosen, ref_rejected = _gather(ref_seq, batch, "chosen", 0.0), _gather(ref_seq, batch, "rejected", 0.0)
     else:
         ref_chosen, ref_rejected = batch.get("ref_chosen"), batch.get("ref_rejected")
@@ -111,7 +113,7 @@ def _masked_metrics(metrics: dict, pair_mask) -> dict:
 
 
 def packed_preference_loss(policy, reference, batch, *, loss_name, hparams: dict, chunk_size: int = 1024,
-                           state=None):
+                           state=None, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK):
     """(mean loss over present pairs, {metric: scalar}, new loss state) of a registered paired
     loss on a packed batch; ``pojax.objectives.preference_loss`` for packed rows.
 
@@ -122,7 +124,8 @@ def packed_preference_loss(policy, reference, batch, *, loss_name, hparams: dict
       ValueError: a loss or hyperparameter that packing does not support (``check_packable``).
     """
     check_packable(loss_name, hparams)
-    logps, pair_mask = packed_pair_logps(policy, reference, batch, chunk_size=chunk_size)
+    logps, pair_mask = packed_pair_logps(policy, reference, batch, chunk_size=chunk_size,
+                                         vocab_chunk_size=vocab_chunk_size)
     out = losses.get(loss_name)(logps, **hparams)
     n = jnp.maximum(jnp.sum(pair_mask), 1).astype(jnp.float32)
     loss = jnp.sum(jnp.where(pair_mask, out.loss, 0.0)) / n

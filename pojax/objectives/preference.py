@@ -2,7 +2,10 @@
 
 Batches are dicts of arrays:
   paired    chosen_ids, rejected_ids [B, T] int32; chosen_mask, rejected_mask [B, T] bool
-            (completion tokens); optional ref_chosen, ref_rejected [B] (precomputed reference)
+            (completion tokens); optional ref_chosen, ref_rejected [B] (precomputed reference),
+            reward_margin [B] (MADPO's r(x, y_w) - r(x, y_l)), chosen_token_rewards /
+            rejected_token_rewards [B, T] (TGDPO's guide rewards, aligned with the shifted
+            targets: position t rewards token t + 1)
   unpaired  input_ids [B, T], completion_mask [B, T], label [B] bool, kl_ids / kl_mask [B, T]
             (each prompt with a mismatched completion, for KTO's z0); optional ref_logps, ref_kl
   ranked    input_ids [B, K, T], completion_mask [B, K, T] or [B, T], scores [B, K], optional
@@ -17,6 +20,12 @@ import jax.numpy as jnp
 
 from pojax import losses
 from pojax.likelihood import autoregressive as ar
+from pojax.likelihood.token_kl import token_kl_from_hidden
+
+# batch columns that become TokenLogps.extra entries of each half (TGDPO's guide rewards)
+TOKEN_EXTRA_COLUMNS = {losses.TOKEN_REWARDS: ("chosen_token_rewards", "rejected_token_rewards")}
+# per-pair batch columns passed to the losses that accept them (pojax.losses.RUNTIME_ARGS)
+RUNTIME_COLUMNS = ("reward_margin",)
 
 
 def concat_pairs(chosen, rejected):
@@ -31,28 +40,62 @@ def split_pairs(x):
     return x[:n], x[n:]
 
 
-def _token_logps(model, ids, mask, chunk_size, with_sq=False):
+def _token_logps(model, ids, mask, chunk_size, with_sq=False, vocab_chunk_size=ar.DEFAULT_VOCAB_CHUNK):
     targets, tmask = ar.shift_targets(ids, mask)
-    out = ar.token_logps(model, ids, targets, chunk_size=chunk_size, return_log_sum_sq=with_sq)
+    out = ar.token_logps(model, ids, targets, chunk_size=chunk_size, return_log_sum_sq=with_sq,
+                         vocab_chunk_size=vocab_chunk_size)
     tok, sq = out if with_sq else (out, None)
     return tok, sq, tmask
 
 
-def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum_sq: bool = False) -> losses.PairLogps:
-    """PairLogps of a paired batch: one fused forward of [chosen; rejected] per model."""
+def _hidden_and_head(model, ids):
+    h = model.hidden_states(ids)
+    return h, model.lm_head_weight().astype(h.dtype)  # the head in the activations' dtype, as token_logps
+
+
+def _with_token_kl(policy, reference, ids, mask, chunk_size):
+    """(policy token logps, reference token logps, KL(π_ref ‖ π) per position, mask), all [2B, T],
+    from one forward of each model: the hidden states serve both the log-probs and the KL."""
+    if reference is None:
+        raise ValueError("the per-token KL (tdpo) needs a reference model (reference.mode = copy or lora_base)")
+    targets, tmask = ar.shift_targets(ids, mask)
+    h, w = _hidden_and_head(policy, ids)
+    r, wr = jax.lax.stop_gradient(_hidden_and_head(reference, ids))
+    tok = ar.token_logps_from_hidden(h, w, targets, chunk_size=chunk_size)
+    ref_tok = ar.token_logps_from_hidden(r, wr, targets, chunk_size=chunk_size)
+    return tok, ref_tok, token_kl_from_hidden(h, w, r, wr, chunk_size=chunk_size), tmask
+
+
+def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum_sq: bool = False,
+               with_token_kl: bool = False, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK) -> losses.PairLogps:
+    """PairLogps of a paired batch: one fused forward of [chosen; rejected] per model.
+
+    ``with_token_kl`` adds TokenLogps.extra["token_kl"] [B, T] (TDPO; needs the reference
+    model, gradient w.r.t. the policy); token-reward columns of the batch go to
+    extra["token_rewards"] (TGDPO)."""
     ids = concat_pairs(batch["chosen_ids"], batch["rejected_ids"])
     mask = concat_pairs(batch["chosen_mask"], batch["rejected_mask"])
-    tok, sq, tmask = _token_logps(policy, ids, mask, chunk_size, with_log_sum_sq)
-    ref_tok = ref_seq = None
-    if reference is not None:
-        ref_tok = jax.lax.stop_gradient(_token_logps(reference, ids, mask, chunk_size)[0])
-        ref_seq = ar.sequence_logps(ref_tok, tmask)
+    kl = sq = None
+    if with_token_kl:
+        tok, ref_tok, kl, tmask = _with_token_kl(policy, reference, ids, mask, chunk_size)
+    else:
+        tok, sq, tmask = _token_logps(policy, ids, mask, chunk_size, with_log_sum_sq, vocab_chunk_size)
+        ref_tok = None
+        if reference is not None:
+            ref_tok = jax.lax.stop_gradient(_token_logps(reference, ids, mask, chunk_size,
+                                                         vocab_chunk_size=vocab_chunk_size)[0])
+    ref_seq = None if ref_tok is None else ar.sequence_logps(ref_tok, tmask)
     seq = ar.sequence_logps(tok, tmask)
     lens = jnp.sum(tmask, axis=-1).astype(jnp.float32)
 
     def tokens(half):
         pick = lambda x: None if x is None else split_pairs(x)[half]
         extra = {} if sq is None else {"log_sum_sq_probs": pick(sq)}
+        if kl is not None:
+            extra[losses.TOKEN_KL] = pick(kl)
+        for key, columns in TOKEN_EXTRA_COLUMNS.items():
+            if columns[half] in batch:
+                extra[key] = batch[columns[half]]
         return losses.TokenLogps(policy=pick(tok), ref=pick(ref_tok), mask=pick(tmask), extra=extra)
 
     if ref_seq is not None:
@@ -66,14 +109,15 @@ def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum
                             chosen_tokens=tokens(0), rejected_tokens=tokens(1))
 
 
-def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024) -> losses.UnpairedLogps:
+def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK) -> losses.UnpairedLogps:
     """UnpairedLogps: completions and their mismatched (KL) twins in one fused forward."""
     ids = concat_pairs(batch["input_ids"], batch["kl_ids"])
     mask = concat_pairs(batch["completion_mask"], batch["kl_mask"])
-    tok, _, tmask = _token_logps(policy, ids, mask, chunk_size)
+    tok, _, tmask = _token_logps(policy, ids, mask, chunk_size, vocab_chunk_size=vocab_chunk_size)
     completion, kl = split_pairs(ar.sequence_logps(tok, tmask))
     if reference is not None:
-        ref_tok = jax.lax.stop_gradient(_token_logps(reference, ids, mask, chunk_size)[0])
+        ref_tok = jax.lax.stop_gradient(_token_logps(reference, ids, mask, chunk_size,
+                                                     vocab_chunk_size=vocab_chunk_size)[0])
         ref_completion, ref_kl = split_pairs(ar.sequence_logps(ref_tok, tmask))
     else:
         ref_completion, ref_kl = batch.get("ref_logps"), batch.get("ref_kl")
@@ -82,7 +126,7 @@ def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024) -> losse
                                 length=split_pairs(jnp.sum(tmask, -1).astype(jnp.float32))[0])
 
 
-def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024) -> losses.RankedLogps:
+def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK) -> losses.RankedLogps:
     """RankedLogps of a ranked batch: the K responses of every prompt in one forward of B·K rows.
     input_ids [B, K, T], completion_mask [B, K, T] (or [B, T] shared by the K responses),
     scores [B, K], optional rank_mask [B, K] (ragged K) and precomputed ref_logps [B, K]."""
@@ -91,10 +135,11 @@ def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024) -> losses.
     mask = jnp.broadcast_to(batch["completion_mask"][:, None] if batch["completion_mask"].ndim == 2
                             else batch["completion_mask"], (b, k, t))
     flat_ids, flat_mask = ids.reshape(b * k, t), mask.reshape(b * k, t)
-    tok, _, tmask = _token_logps(policy, flat_ids, flat_mask, chunk_size)
+    tok, _, tmask = _token_logps(policy, flat_ids, flat_mask, chunk_size, vocab_chunk_size=vocab_chunk_size)
     logps = ar.sequence_logps(tok, tmask).reshape(b, k)
     if reference is not None:
-        ref_tok = jax.lax.stop_gradient(_token_logps(reference, flat_ids, flat_mask, chunk_size)[0])
+        ref_tok = jax.lax.stop_gradient(_token_logps(reference, flat_ids, flat_mask, chunk_size,
+                                                     vocab_chunk_size=vocab_chunk_size)[0])
         ref = ar.sequence_logps(ref_tok, tmask).reshape(b, k)
     else:
         ref = batch.get("ref_logps")
@@ -113,24 +158,35 @@ def initial_loss_state(loss_name):
     return states[loss_name]() if isinstance(loss_name, str) and loss_name in states else None
 
 
-def preference_loss(policy, reference, batch, *, loss_name: str, hparams: dict, chunk_size: int = 1024, state=None):
+def needs_token_kl(loss_name) -> bool:
+    """Whether the loss (or a part of a "+" combination) reads TokenLogps.extra["token_kl"]."""
+    parts = [p.strip() for p in loss_name.split("+")] if isinstance(loss_name, str) else list(loss_name)
+    return "tdpo" in parts
+
+
+def preference_loss(policy, reference, batch, *, loss_name: str, hparams: dict, chunk_size: int = 1024, state=None,
+                    vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK):
     """(mean loss, {metric: scalar}, new loss state) of a registered loss on a batch."""
     fn = losses.get(loss_name)
     if "scores" in batch:
-        logps = ranked_logps(policy, reference, batch, chunk_size=chunk_size)
+        logps = ranked_logps(policy, reference, batch, chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size)
     elif "label" in batch:
-        logps = unpaired_logps(policy, reference, batch, chunk_size=chunk_size)
+        logps = unpaired_logps(policy, reference, batch, chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size)
     else:
-        logps = pair_logps(policy, reference, batch, chunk_size=chunk_size,
-                           with_log_sum_sq=bool(hparams.get("use_weighting", False)))
+        logps = pair_logps(policy, reference, batch, chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size,
+                           with_log_sum_sq=bool(hparams.get("use_weighting", False)),
+                           with_token_kl=needs_token_kl(loss_name))
     extra = {"state": state} if state is not None else {}
+    accepted = losses.hparam_names(fn)
+    extra.update({k: batch[k] for k in RUNTIME_COLUMNS if k in batch and k in accepted})
     out = fn(logps, **hparams, **extra)
     return jnp.mean(out.loss), _scalar_metrics(out.metrics), out.state
 
 
-def sft_loss(policy, batch, *, chunk_size: int = 1024):
+def sft_loss(policy, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK):
     """(token-averaged NLL of the completion tokens, metrics)."""
-    tok, _, tmask = _token_logps(policy, batch["input_ids"], batch["completion_mask"], chunk_size)
+    tok, _, tmask = _token_logps(policy, batch["input_ids"], batch["completion_mask"], chunk_size,
+                                 vocab_chunk_size=vocab_chunk_size)
     n = jnp.maximum(jnp.sum(tmask), 1)
     nll = -jnp.sum(jnp.where(tmask, tok, 0.0)) / n
     return nll, {"nll": nll}

@@ -10,11 +10,11 @@ import os
 import numpy as np
 from absl import logging
 
-from pojax.config import ConfigError
-from pojax.losses import input_kind
+from pojax.config import SCORED_LOSSES, ConfigError
 from pojax.data import formats, tokenize
 from pojax.data import gym as gym_lib
-from pojax.data.pipeline import split_eval
+from pojax.data.pipeline import curriculum_order, split_eval
+from pojax.losses import input_kind
 
 # data.format -> how its rows are tokenized (pojax.data.tokenize.encode)
 FILE_FORMATS = {"paired": "paired", "step": "step", "hh_rlhf": "paired", "ultrafeedback_binarized": "paired",
@@ -42,14 +42,50 @@ def _with_kl(rows: dict) -> dict:
     return rows
 
 
+def _scored(config) -> bool:
+    """Whether the loss reads per-pair scores (madpo's margins, curry_dpo's order)."""
+    name = config.loss.name
+    parts = [p.strip() for p in name.split("+")] if isinstance(name, str) else list(name)
+    return any(p in SCORED_LOSSES for p in parts)
+
+
+def with_reward_margin(rows: dict | None) -> dict | None:
+    """Rows with score_chosen / score_rejected [N] gain MADPO's reward_margin [N] float32 =
+    score_chosen − score_rejected (arXiv 2510.05342: h = r(x, y_w) − r(x, y_l)), computed once
+    here and carried in every batch; other rows come back unchanged."""
+    if rows is None or "score_chosen" not in rows:
+        return rows
+    margin = np.asarray(rows["score_chosen"], np.float32) - np.asarray(rows["score_rejected"], np.float32)
+    return dict(rows, reward_margin=margin)
+
+
+def _prepared(rows: dict | None) -> dict | None:
+    """Preference rows as batches read them: unpaired rows with their KL twins, scored pairs
+    with their reward margins."""
+    return None if rows is None else with_reward_margin(_with_kl(rows))
+
+
+def curriculum(rows: dict, seed: int) -> dict:
+    """Curry-DPO's data order (arXiv 2403.07230): the rows sorted easy → hard by their score
+    gap score_chosen − score_rejected, largest first (``pipeline.curriculum_order``); read in
+    this order (no shuffle) the stream is the curriculum, repeated each epoch."""
+    if "score_chosen" not in rows:
+        raise ConfigError("loss.name", "'curry_dpo' orders pairs by score gap, but the rows have no "
+                          "score_chosen / score_rejected")
+    order = curriculum_order(rows["score_chosen"] - rows["score_rejected"], seed)
+    return {k: v[order] for k, v in rows.items()}
+
+
 def gym_data(config) -> RunData:
     gym = gym_lib.from_config(config)
     seed, n = config.train.seed, config.data.gym.num_train
     kind = {"unpaired": "unpaired", "ranked": "ranked"}.get(input_kind(config.loss.name), "paired")
-    pref = gym_lib.training_rows(gym, kind, seed + 2, n, config.data.gym.label_noise)
-    held = gym_lib.training_rows(gym, kind, seed + 5, config.eval.num_examples) if config.eval.num_examples > 0 else None
+    scores = _scored(config) and kind == "paired"
+    pref = gym_lib.training_rows(gym, kind, seed + 2, n, config.data.gym.label_noise, scores=scores)
+    held = (gym_lib.training_rows(gym, kind, seed + 5, config.eval.num_examples, scores=scores)
+            if config.eval.num_examples > 0 else None)
     sft = gym_lib.training_rows(gym, "sft", seed, n) if config.train.sft_steps > 0 else None
-    return RunData(gym.vocab_size, sft, _with_kl(pref), None if held is None else _with_kl(held), gym)
+    return RunData(gym.vocab_size, sft, _prepared(pref), _prepared(held), gym)
 
 
 def _tfds_dir(config) -> str:
@@ -86,24 +122,49 @@ def row_format(config) -> str:
     fmt = FILE_FORMATS[config.data.format]
     if fmt == "paired" and input_kind(config.loss.name) == "unpaired":
         return "unpaired"
+    if fmt == "ranked" and config.loss.name == "curry_dpo":  # Curry-DPO's pairs (formats.ranked_pairs)
+        return "paired"
     return fmt
 
 
+def _score_arrays(rows: list[dict], path: str) -> dict:
+    """score_chosen / score_rejected [N] float32 of normalized paired rows; a row without them is
+    a DataError naming it (madpo and curry_dpo read every pair's scores)."""
+    out = {"score_chosen": [], "score_rejected": []}
+    for i, row in enumerate(rows):
+        for field, values in out.items():
+            if field not in row:
+                raise formats.DataError(path, i, field, "missing: losses madpo and curry_dpo read score_chosen and "
+                                        "score_rejected (numbers, e.g. reward-model or rating scores) of every pair")
+            values.append(row[field])
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
 def _file_arrays(config, tokenizer) -> tuple[str, dict, dict | None]:
-    """(row format, tokenized training rows, tokenized upstream test rows or None)."""
+    """(row format, tokenized training rows, tokenized upstream test rows or None); scored
+    losses (madpo, curry_dpo) also get score_chosen / score_rejected [N] of each pair."""
     train, test = _read(config)
     fmt = row_format(config)
-    if fmt != FILE_FORMATS[config.data.format]:
+    if fmt == "unpaired" and FILE_FORMATS[config.data.format] == "paired":
         logging.info("%s: paired rows unpaired for loss %s (chosen → desirable, rejected → undesirable)",
                      config.data.path, config.loss.name)
         train, test = formats.unpair(train), None if test is None else formats.unpair(test)
+    elif fmt == "paired" and FILE_FORMATS[config.data.format] == "ranked":
+        logging.info("%s: ranked rows paired (best vs each lower-scored response) for loss %s",
+                     config.data.path, config.loss.name)
+        train, test = formats.ranked_pairs(train), None if test is None else formats.ranked_pairs(test)
     encode = lambda rows: tokenize.encode(rows, fmt, tokenizer, max_prompt_length=config.data.max_prompt_length,
                                           max_completion_length=config.data.max_completion_length,
                                           chat_template=config.data.chat_template)
     try:
-        return fmt, encode(train), None if test is None else encode(test)
+        arrays, test_arrays = encode(train), None if test is None else encode(test)
     except ValueError as e:
         raise ConfigError("data.chat_template", str(e)) from None
+    if _scored(config) and fmt == "paired":
+        arrays.update(_score_arrays(train, config.data.path))
+        if test is not None:
+            test_arrays.update(_score_arrays(test, f"{config.data.path} (test split)"))
+    return fmt, arrays, test_arrays
 
 
 def _sft_rows(fmt: str, rows: dict) -> dict:
@@ -132,7 +193,7 @@ def file_data(config, tokenizer) -> RunData:
     sft = _sft_rows(fmt, arrays) if config.train.sft_steps > 0 else None
     if test is not None:
         held = _subset(test, config.eval.num_examples, config.train.seed) if config.eval.num_examples > 0 else None
-        return RunData(None, sft, _with_kl(arrays), None if held is None else _with_kl(held))
+        return RunData(None, sft, _prepared(arrays), _prepared(held))
     order = np.random.default_rng([config.train.seed, 5]).permutation(len(next(iter(arrays.values()))))
     train, held = split_eval({k: v[order] for k, v in arrays.items()}, config.eval.num_examples)
     if held is None and config.eval.num_examples > 0:
@@ -140,13 +201,13 @@ def file_data(config, tokenizer) -> RunData:
                         "no evaluation split", config.data.path, len(order), config.eval.num_examples,
                         2 * config.eval.num_examples)
     sft = _sft_rows(fmt, train) if config.train.sft_steps > 0 else None
-    return RunData(None, sft, _with_kl(train), None if held is None else _with_kl(held))
+    return RunData(None, sft, _prepared(train), _prepared(held))
 
 
 def eval_data(config, tokenizer) -> RunData:
     """Evaluation rows (task = "eval"): the upstream test split, or every row of data.path."""
     _, arrays, test = _file_arrays(config, tokenizer)
-    return RunData(None, None, {}, _with_kl(arrays if test is None else test))
+    return RunData(None, None, {}, _prepared(arrays if test is None else test))
 
 
 def sft_data(config, tokenizer) -> RunData:

@@ -116,7 +116,7 @@ def _close(bar, source, ckpt, best, writer) -> None:
 
 def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir: str, config, mesh, rules,
               dataset=None, source: BatchSource | None = None, trainable=nnx.Param, reference=None, loss_state=None,
-              metrics_file="metrics.jsonl", eval_fn: Callable | None = None):
+              metrics_file="metrics.jsonl", eval_fn: Callable | None = None, on_step: Callable | None = None):
     """Trains ``model`` in place for ``steps`` optimizer steps and returns (model, final
     TrainState, the last step's evaluation figures or None when no evaluation ran in this call).
 
@@ -138,6 +138,9 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
     at the last step; its figures join that step's metrics line, and with
     ``checkpoint.best_metric`` set the best ``checkpoint.keep_best`` parameter sets by that
     metric are kept in workdir/checkpoints/<name>_best.
+
+    ``on_step(step, state, metrics) -> (state, extra metrics)`` runs after each optimizer step,
+    before it is logged or saved (OFS-DPO's swap of its fast and slow modules, pojax.train.ofs).
     """
     graphdef, params, frozen = nnx.split(model, trainable, ...)
     ref_graphdef, ref_state = (None, None) if reference is None else nnx.split(reference)
@@ -201,6 +204,9 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
                 if skipped and nan_policy == "stop":
                     _close(bar, source, ckpt, best, writer)  # in-flight saves of earlier (good) steps complete
                     raise NonFiniteError(name, step + 1, mean.result())
+            if on_step is not None:
+                state, more = on_step(step, state, mean.result())
+                extra.update(more)
             dt = time.perf_counter() - t0
             metrics = dict(mean.result(), **extra, skipped=skipped, step_time_s=dt, tokens_per_s=tokens / dt)
             if skipped:

@@ -36,11 +36,18 @@ def _draw_key(config):
     return jax.random.PRNGKey(config.train.seed + 13)
 
 
+def vocab_chunk(config) -> int | None:
+    """likelihood.vocab_chunk_size as pojax.likelihood.autoregressive takes it (0 → None: the
+    whole vocabulary in one tile, the full [B, C, V] logits of each sequence chunk)."""
+    return config.likelihood.vocab_chunk_size or None
+
+
 def sft_objective(config, mask_id: int | None):
     """(objective, initial loss state) of the SFT stage."""
     chunk = config.likelihood.chunk_size
     if mask_id is None:
-        return (lambda m, ref, b, ls: (*sft_loss(m, b, chunk_size=chunk), ls)), None
+        vocab = vocab_chunk(config)
+        return (lambda m, ref, b, ls: (*sft_loss(m, b, chunk_size=chunk, vocab_chunk_size=vocab), ls)), None
     base = jax.random.PRNGKey(config.train.seed + 9)
 
     def objective(m, ref, b, counter):
@@ -63,7 +70,9 @@ def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed
     else:
         packed = config.data.packing if packed is None else packed
         inner = packed_preference_loss if packed else preference_loss
-        loss_fn = lambda m, ref, b, ls: inner(m, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=ls)
+        vocab = vocab_chunk(config)
+        loss_fn = lambda m, ref, b, ls: inner(m, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=ls,
+                                              vocab_chunk_size=vocab)
 
     def objective(m, ref, b, ls):
         return loss_fn(m, without_adapters(m) if lora_base else ref, b, ls)

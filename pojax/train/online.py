@@ -8,6 +8,8 @@ Each optimizer step s:
   2. samples two completions per prompt with the KV-cache sampler (``online.temperature``, key
      fold_in(seed, s)): online_dpo samples both from the current policy (TRL's OnlineDPOTrainer);
      xpo samples one from the policy and one from the frozen reference (TRL's XPOTrainer);
+     ofs_dpo samples both from its fast LoRA module (pojax.train.ofs: two LoRA modules with
+     different learning rates over the frozen SFT start, swapping roles);
   3. labels each pair with ``reward_fn(prompts, completions) -> [B]`` (the gym's gold reward for
      ``online.reward = "gold"``; pass any callable, e.g. a judge or reward model, to run_online):
      chosen = the higher reward; a tied pair carries no preference and gets weight 0 (its
@@ -15,6 +17,10 @@ Each optimizer step s:
   4. runs pojax.train.loop.run_stage with these pairs as its batch source (``OnlineBatches``):
      the same jitted step, optimizer, non-finite guard, progress bar, metrics and checkpoint
      layout as offline training, on the loss of the mode against the frozen SFT start.
+
+RTO's PPO stage (``loss.name = "rto"`` with ``reference.guide_path``, pojax.train.rto) runs in
+the same loop with its own batch source: one completion per prompt, token rewards of the DPO
+guide, GAE and the clipped PPO loss instead of labelled pairs.
 
 Every step asks the reward for train.batch_size comparisons: the ``labels`` metric counts them
 (ties included), the budget an offline run spends as max_steps × batch_size fixed pairs.
@@ -30,13 +36,15 @@ import numpy as np
 from absl import logging
 
 from pojax import fs, losses
-from pojax.config import ConfigError, loss_hparams
+from pojax.config import ConfigError, loss_hparams, rto_ppo
 from pojax.data import gym as gym_lib
 from pojax.objectives import pair_logps
 from pojax.sampling import generate
 from pojax.train import metrics as metrics_lib
+from pojax.train import ofs, rto
 from pojax.train.data import gym_data
 from pojax.train.evaluate import gold_eval
+from pojax.train.guide import load_guide
 from pojax.train.loop import run_stage
 from pojax.train.optim import make_optimizer
 from pojax.train.run import (
@@ -135,8 +143,10 @@ class OnlineBatches:
 
     iterator = None
 
-    def __init__(self, config, gym: gym_lib.Gym, reference, reward_fn: RewardFn, batch_size: int):
+    def __init__(self, config, gym: gym_lib.Gym, reference, reward_fn: RewardFn, batch_size: int,
+                 sampler: Callable | None = None):
         self.config, self.gym, self.reference, self.reward_fn, self.batch_size = config, gym, reference, reward_fn, batch_size
+        self.sampler = sampler or (lambda model: model)  # trained model -> the module that samples (OFS: the fast one)
         self.key = jax.random.key(config.train.seed + 19)
 
     def example(self) -> dict:
@@ -150,7 +160,7 @@ class OnlineBatches:
 
     def next(self, step: int, policy) -> tuple[dict, dict]:
         prompts = step_prompts(self.gym, self.config.train.seed, step, self.batch_size)
-        batch, metrics = sample_pairs(self.config, self.gym, policy(), self.reference, prompts,
+        batch, metrics = sample_pairs(self.config, self.gym, self.sampler(policy()), self.reference, prompts,
                                       jax.random.fold_in(self.key, step), self.reward_fn)
         return batch, metrics | {"labels": (step + 1) * self.batch_size}
 
@@ -184,14 +194,25 @@ def run_online(config, workdir: str | None, reward_fn: RewardFn | None = None) -
         model = sft_stage(model, data.sft, config, workdir, mesh, rules, steps=config.train.sft_steps,
                           learning_rate=config.train.sft_learning_rate)
     reference = _copy(model)  # frozen SFT start: the DPO reference, XPO's sampler and the evaluation baseline
-    model, _, _ = run_stage("train", model, objective=online_objective(config), steps=steps,
-                            source=OnlineBatches(config, gym, reference, reward_fn, bs),
-                            tx=make_optimizer(config, steps), workdir=workdir, config=config, mesh=mesh, rules=rules,
-                            reference=reference)
+    if config.loss.name == "ofs_dpo":  # fast and slow LoRA modules over the SFT start (pojax.train.ofs)
+        trained, stage, sampler = ofs.stage(config, model, steps)
+    elif rto_ppo(config):  # RTO's PPO stage on a DPO guide's token rewards (pojax.train.rto)
+        guide = load_guide(config, data.vocab_size, mesh, rules)
+        trained, stage, sampler = rto.stage(config, model, steps, reference=reference, guide=guide, gym=gym,
+                                            reward_fn=reward_fn, batch_size=bs)
+    else:
+        trained, sampler = model, None
+        stage = {"objective": online_objective(config), "tx": make_optimizer(config, steps)}
+    source = stage.pop("source", None) or OnlineBatches(config, gym, reference, reward_fn, bs, sampler)
+    trained, _, _ = run_stage("train", trained, steps=steps, source=source,
+                              workdir=workdir, config=config, mesh=mesh, rules=rules, reference=reference, **stage)
+    model = sampler(trained) if sampler else trained
 
     results = {"loss": config.loss.name, "steps": steps, "sft_steps": config.train.sft_steps, "labels": steps * bs}
+    if rto_ppo(config):  # no preference labels: one sampled completion per prompt and rollout
+        results = dict(results, labels=0, stage="ppo", samples=-(-steps // config.online.ppo_epochs) * bs)
     if config.train.export_final:
-        export(model, config, os.path.join(workdir, "final"))
+        export(model, config, os.path.join(workdir, "final"), lora=config.loss.name == "ofs_dpo")
     results.update(gold_eval(gym, model, reference, config))
     metrics_lib.write_results(workdir, results)
     if config.logging.plots:

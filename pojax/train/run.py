@@ -20,12 +20,17 @@ from pojax.config import ConfigError
 from pojax.data.pipeline import ArraySource, make_dataset
 from pojax.models import CausalLM, LLaDA, ModelConfig, from_pretrained, save_pretrained
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
-from pojax.train.evaluate import gold_eval, preference_evaluator
-from pojax.train.objectives import (mask_id_of, preference_objective, sft_objective,
-                                    with_example_ids)
+from pojax.train import guide as guide_lib
 from pojax.train import metrics as metrics_lib
-from pojax.train.data import file_data, gym_data, packed
+from pojax.train.data import curriculum, file_data, gym_data, packed
+from pojax.train.evaluate import gold_eval, preference_evaluator
 from pojax.train.loop import run_stage
+from pojax.train.objectives import (
+    mask_id_of,
+    preference_objective,
+    sft_objective,
+    with_example_ids,
+)
 from pojax.train.optim import make_optimizer
 from pojax.train.reference_cache import precomputed_reference
 
@@ -144,6 +149,10 @@ def run_train(config, workdir: str | None) -> dict:
     eval.every_steps → final evaluation, export, plots and results.json."""
     workdir = workdir or os.path.join("workdirs", "run")
     fs.makedirs(workdir)
+    name = config.loss.name
+    tgdpo = isinstance(name, str) and "tgdpo" in [p.strip() for p in name.split("+")]
+    if tgdpo:
+        guide_lib.guide_path(config)  # fail before any training
     gym = config.data.format == "gym"
     data = gym_data(config) if gym else file_data(config, load_tokenizer(config))
     mesh, rules = mesh_and_rules(config)
@@ -174,7 +183,11 @@ def run_train(config, workdir: str | None) -> dict:
         trainable = nnx.All(nnx.LoRAParam)
     else:
         before = _copy(model) if gym else None
-    name = config.loss.name
+    if tgdpo:  # the guide's token rewards against the reference (the starting policy), once
+        splits = guide_lib.with_guide_rewards(
+            config, reference if reference is not None else without_adapters(model), model.config.vocab_size,
+            {"train": rows, "held_out": held}, batch_size=bs, mesh=mesh, rules=rules)
+        rows, held = splits["train"], splits["held_out"]
     objective, loss_state = preference_objective(config, mask_id=mask_id, lora_base=mode == "lora_base")
     evaluator = preference_evaluator(config, lora_base=mode == "lora_base", mask_id=mask_id)
 
@@ -186,6 +199,8 @@ def run_train(config, workdir: str | None) -> dict:
         results["reference_cache_reused"] = cache_reused
     if config.data.packing:
         dataset, results["packing_efficiency"] = packed_dataset(rows, config, bs, seed + 4)
+    elif name == "curry_dpo":  # the curriculum is the order: easy → hard, read without shuffling
+        dataset = make_dataset(ArraySource(curriculum(rows, seed + 4)), batch_size=bs, seed=seed + 4, shuffle=False)
     else:
         dataset = make_dataset(ArraySource(rows), batch_size=bs, seed=seed + 4)
     model, state, last_eval = run_stage(

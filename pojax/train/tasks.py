@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -177,6 +178,40 @@ def _reward_model_win_rates(prompts, out_a, out_b, len_a, len_b, config, *, dtyp
                             seed=config.train.seed)
 
 
+def diagnostics_eval(policy, reference, rows: dict, tokenizer, config) -> dict:
+    """eval.diagnostics on held-out pairs (pojax.eval.diagnostics): the mean and median CHES and
+    length-normalized CHES (arXiv 2410.08847), and the implicit DPO reward's accuracy (with
+    loss.beta) against the reward model eval.reward_model_path's (arXiv 2409.03650) when both are
+    there; the reward model must share the policy's tokenizer (it reads the same token rows)."""
+    from pojax.eval import diagnostics as diag
+    from pojax.models import CheckpointError, reward
+
+    bs = _batch_size(config)
+    scores = diag.ches_dataset(policy, rows, batch_size=bs)
+    out = {f"{k}_{stat}": float(fn(v)) for k, v in scores.items() for stat, fn in (("mean", np.mean), ("median", np.median))}
+    implicit = None
+    if reference is not None or "ref_chosen" in rows:
+        implicit = diag.implicit_rewards(policy, reference, rows, beta=float(config.loss.beta), batch_size=bs)
+        out["implicit_reward_accuracy"] = diag.preference_accuracy(*implicit)
+    path = config.eval.reward_model_path
+    if path:
+        try:
+            rm = reward.from_pretrained(path, dtype=policy.config.dtype)
+        except CheckpointError as err:
+            raise ConfigError("eval.reward_model_path", str(err)) from None
+        if tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            if AutoTokenizer.from_pretrained(path, trust_remote_code=False).get_vocab() != tokenizer.get_vocab():
+                raise ConfigError("eval.reward_model_path", f"{path}: eval.diagnostics scores the policy's token rows; "
+                                  "the reward model's tokenizer differs from the policy's")
+        explicit = diag.reward_model_rewards(rm, rows, batch_size=bs)
+        out["explicit_reward_accuracy"] = diag.preference_accuracy(*explicit)
+        if implicit is not None:
+            out.update(diag.generalization_report(implicit, explicit))
+    return out
+
+
 def _markdown(results: dict) -> str:
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
     return "| metric | value |\n|---|---|\n" + rows + "\n"
@@ -202,7 +237,8 @@ def run_eval(config, workdir: str | None) -> dict:
     if not (preference or e.prompts_path or tasks):
         raise ConfigError("eval", "nothing to evaluate: set data.path (preference metrics), eval.prompts_path "
                           "(judged win rates), eval.gsm8k_path, eval.mmlu_path or eval.jsonl_path")
-    if e.reward_model_path and not e.prompts_path:
+    diagnostics = bool(e.diagnostics)
+    if e.reward_model_path and not (e.prompts_path or diagnostics):
         raise ConfigError("eval.prompts_path", "eval.reward_model_path scores responses to eval.prompts_path: set it")
     if e.num_fewshot < 0:
         raise ConfigError("eval.num_fewshot", f"must be >= 0, got {e.num_fewshot}")
@@ -232,6 +268,11 @@ def run_eval(config, workdir: str | None) -> dict:
             results.update(preference_eval(policy, reference, data.held_out, config, loss_state=loss_state))
             if "eval_rewards/accuracies" in results:
                 results["reward_accuracy"] = results["eval_rewards/accuracies"]
+        if diagnostics:
+            if diffusion or data.held_out is None or "chosen_ids" not in data.held_out:
+                raise ConfigError("eval.diagnostics", "needs a causal-LM policy and paired held-out rows (data.path "
+                                  "or the gym with a pairwise loss)")
+            results.update(diagnostics_eval(policy, reference, data.held_out, tokenizer, config))
     if e.prompts_path:
         results.update(win_rate_eval(policy, reference, tokenizer, config))
     for kind, path in tasks.items():

@@ -133,3 +133,65 @@ def test_eos_ends_the_response_like_the_sampler():
     res = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), max_steps=None, eos_id=eos, pad_id=PAD)
     np.testing.assert_array_equal(np.asarray(res.ids)[:, 5:], np.stack(expected))
     assert np.all(res.converged)
+
+
+def test_sampled_updates_converge_to_the_sample_under_the_same_noise():
+    from pojax.diffpo.jacobi import position_noise
+
+    model = _model(5)
+    prompts = _prompts(8, [4, 6, 5])
+    width = 6 + N
+    rng = np.random.default_rng(9)
+    ids, slots = _layout(prompts, [rng.integers(1, V, N) for _ in prompts], width)
+    key, tau = jax.random.key(3), 1.5
+    res = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), max_steps=None, temperature=tau, key=key)
+    out = np.asarray(res.ids)
+    # independent reference: token by token, full forwards, Gumbel-max with the position's noise
+    noise = np.asarray(position_noise(key, len(prompts), width, V))
+    for i, p in enumerate(prompts):
+        seq = list(p)
+        for _ in range(N):
+            row = np.full((1, WIDTH), PAD, np.int32)
+            row[0, :len(seq)] = seq
+            z = np.asarray(_forward(model, jnp.asarray(row))[0, len(seq) - 1], np.float64)
+            seq.append(int(np.argmax(z / tau + noise[i, len(seq) - 1])))
+        np.testing.assert_array_equal(out[i, len(p):len(p) + N], seq[len(p):])
+        np.testing.assert_array_equal(out[i, :len(p)], p)  # the prompt never changes
+    assert np.all(res.converged) and np.all(np.asarray(res.forward_passes) <= N + 1)
+    again = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), max_steps=2, temperature=tau, key=key)
+    np.testing.assert_array_equal(again.ids, jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), max_steps=2,
+                                                           temperature=tau, key=jax.random.key(3)).ids)  # same seed
+    other = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), max_steps=None, temperature=tau,
+                          key=jax.random.key(4))
+    assert np.any(np.asarray(other.ids) != out)  # another seed, another sample
+    # τ → 0: the greedy update (each step, and at convergence)
+    for k in (1, None):
+        cold = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), max_steps=k, temperature=1e-6, key=key)
+        greedy = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), max_steps=k)
+        np.testing.assert_array_equal(cold.ids, greedy.ids)
+
+
+def test_sampled_updates_need_a_key_and_a_valid_temperature():
+    import pytest
+
+    model = _model(0)
+    ids, slots = _layout(_prompts(0, [3]), [np.arange(1, N + 1)], 3 + N)
+    with pytest.raises(ValueError, match="need a PRNG key"):
+        jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), temperature=0.7)
+    with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
+        jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), temperature=-1.0, key=jax.random.key(0))
+
+
+def test_prefix_cache_gives_the_same_refinement():
+    model = _model(6)
+    prompts = _prompts(10, [4, 6, 1, 5])
+    rng = np.random.default_rng(11)
+    ids, slots = _layout(prompts, [rng.integers(1, V, N) for _ in prompts], 6 + N + 2)
+    slots[1, 6 + N - 2:] = False  # a row with fewer slots
+    eos = int(_greedy_reference(model, prompts[0])[3])
+    for k, tau in ((2, 0.0), (None, 0.0), (None, 1.3)):  # max_steps is traced: 2 compilations per path
+        kw = {"max_steps": k, "eos_id": eos, "pad_id": PAD, "temperature": tau, "key": jax.random.key(5), "chunk_size": 4}
+        plain = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), **kw)
+        cached = jacobi_refine(model, jnp.asarray(ids), jnp.asarray(slots), prefix_cache=True, **kw)
+        np.testing.assert_array_equal(cached.ids, plain.ids, err_msg=f"k={k}, tau={tau}")
+        np.testing.assert_array_equal(cached.forward_passes, plain.forward_passes)

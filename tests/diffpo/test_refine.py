@@ -103,3 +103,17 @@ def test_blocks_and_reserved_prefix():
                   on_overflow="truncate")
     for p, b, o in zip(prompts, base, kept):
         assert o[:2] == b[:2] and o[2:] == _greedy(model, p + b[:2], 4, width=24)
+
+
+def test_sampled_refine_is_reproducible_and_cold_sampling_is_greedy():
+    import jax
+
+    model = _model(4)
+    prompts, base = [[5, 6, 7], [8, 9]], [[20, 21, 22], [30]]
+    kw = {"max_steps": None, "block_size": 4, "batch_size": 2}
+    hot = refine(model, None, prompts, base, temperature=2.0, key=jax.random.key(0), **kw)
+    assert hot == refine(model, None, prompts, base, temperature=2.0, key=jax.random.key(0), **kw)
+    cold = refine(model, None, prompts, base, temperature=1e-6, key=jax.random.key(1), **kw)
+    assert cold == refine(model, None, prompts, base, **kw) == [_greedy(model, p, 4) for p in prompts]
+    with pytest.raises(ValueError, match="temperature > 0 \\(sampled Jacobi updates\\) needs a PRNG key"):
+        refine(model, None, prompts, base, temperature=1.0, **kw)

@@ -69,3 +69,16 @@ def test_scan_and_remat_variants_match_transformers(checkpoint, overrides):
     with jax.default_matmul_precision("highest"):
         got = np.asarray(from_pretrained(str(path), **overrides)(jnp.asarray(x)))
     np.testing.assert_allclose(got, torch_logits(ref, x), atol=ATOL, rtol=0)
+
+
+def test_one_layer_checkpoint_with_scan_layers_loads_and_saves(tmp_path):
+    """A single stacked layer is still a stacked parameter (leading layer axis of 1)."""
+    ref = make_checkpoint("llama-gqa", tmp_path / "one", num_layers=1)
+    x = ids(seed=4)
+    model = from_pretrained(str(tmp_path / "one"), scan_layers=True)
+    with jax.default_matmul_precision("highest"):
+        got = np.asarray(model(jnp.asarray(x)))
+    np.testing.assert_allclose(got, torch_logits(ref, x), atol=ATOL, rtol=0)
+    save_pretrained(model, str(tmp_path / "again"))
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "again")).eval()
+    np.testing.assert_allclose(torch_logits(again, x), torch_logits(ref, x), atol=1e-6, rtol=0)

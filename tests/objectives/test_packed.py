@@ -83,13 +83,14 @@ def test_packed_pair_logps_equal_unpacked(models, batches, with_ref):
 @nnx.jit(static_argnames=("loss_name",))
 def both_losses_and_grads(policy, reference, packed, plain, loss_name):
     def packed_loss(m):
+        # vocabulary tiles of 7 here, one tile there: the tiling must not change the numbers either
         loss, metrics, _ = packed_preference_loss(m, reference, packed, loss_name=loss_name,
-                                                  hparams={"beta": 0.1}, chunk_size=8)
+                                                  hparams={"beta": 0.1}, chunk_size=8, vocab_chunk_size=7)
         return loss, metrics
 
     def plain_loss(m):
         loss, metrics, _ = preference_loss(m, reference, plain, loss_name=loss_name, hparams={"beta": 0.1},
-                                           chunk_size=8)
+                                           chunk_size=8, vocab_chunk_size=None)
         return loss, metrics
 
     (a, ma), ga = nnx.value_and_grad(packed_loss, has_aux=True)(policy)
