@@ -62,28 +62,36 @@ def _seq_logp(graphdef, params, ids_BT, mask_BT):
     return ar.sequence_logps(ar.token_logps(model, ids_BT, targets), tmask)
 
 
-def sft(model, rows: dict, *, steps: int, lr: float, batch_size: int = 32, seed: int = 0):
-    """A few Adam steps of token NLL on the chosen completions (in place)."""
+def adam_steps(model, loss_fn, rows: dict, keys, *, steps: int, lr: float, batch_size: int = 32, seed: int = 0):
+    """``steps`` Adam steps of ``loss_fn(graphdef, params, batch)`` on minibatches of ``rows[keys]``
+    drawn with replacement (in place); returns the model."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     graphdef = (graphdef, rest)
     opt = optax.adam(lr)
     state = opt.init(params)
 
     @jax.jit
-    def step(params, state, ids, mask):
-        def loss(p):
-            return -jnp.mean(_seq_logp(graphdef, p, ids, mask))
-        g = jax.grad(loss)(params)
+    def step(params, state, batch):
+        g = jax.grad(lambda p: loss_fn(graphdef, p, batch))(params)
         updates, state = opt.update(g, state, params)
         return optax.apply_updates(params, updates), state
 
     rng = np.random.default_rng(seed)
-    n = len(rows["chosen_ids"])
+    n = len(rows[keys[0]])
     for _ in range(steps):
         idx = rng.integers(0, n, batch_size)
-        params, state = step(params, state, jnp.asarray(rows["chosen_ids"][idx]), jnp.asarray(rows["chosen_mask"][idx]))
+        params, state = step(params, state, {k: jnp.asarray(rows[k][idx]) for k in keys})
     nnx.update(model, params)
     return model
+
+
+def sft(model, rows: dict, *, steps: int, lr: float, batch_size: int = 32, seed: int = 0):
+    """A few Adam steps of token NLL on the chosen completions (in place)."""
+    def loss(graphdef, p, b):
+        return -jnp.mean(_seq_logp(graphdef, p, b["chosen_ids"], b["chosen_mask"]))
+
+    return adam_steps(model, loss, rows, ("chosen_ids", "chosen_mask"), steps=steps, lr=lr, batch_size=batch_size,
+                      seed=seed)
 
 
 def per_pair_dpo_change(model, rows: dict, *, beta: float = 0.1, lr: float = 0.05, steps: int = 5):
@@ -149,64 +157,31 @@ def ches_study(*, seed: int = 0, n: int = 128, sft_steps: int = 30, dpo_steps: i
 
 def train_dpo(policy, rows: dict, *, beta: float, steps: int, lr: float, batch_size: int = 32, seed: int = 0):
     """``steps`` Adam steps of sigmoid DPO against a frozen copy of the starting policy (in place)."""
-    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
-    graphdef = (graphdef, rest)
-    ref_params = jax.tree.map(jnp.copy, params)
-    opt = optax.adam(lr)
-    state = opt.init(params)
+    ref_params = jax.tree.map(jnp.copy, nnx.state(policy, nnx.Param))
 
-    @jax.jit
-    def step(params, state, b):
+    def loss(graphdef, p, b):
         ids = jnp.concatenate([b["chosen_ids"], b["rejected_ids"]])
         mask = jnp.concatenate([b["chosen_mask"], b["rejected_mask"]])
-        ref = _seq_logp(graphdef, ref_params, ids, mask)
+        lp = _seq_logp(graphdef, p, ids, mask) - jax.lax.stop_gradient(_seq_logp(graphdef, ref_params, ids, mask))
         m = ids.shape[0] // 2
+        return -jnp.mean(jax.nn.log_sigmoid(beta * (lp[:m] - lp[m:])))
 
-        def loss(p):
-            lp = _seq_logp(graphdef, p, ids, mask) - ref
-            return -jnp.mean(jax.nn.log_sigmoid(beta * (lp[:m] - lp[m:])))
-
-        g = jax.grad(loss)(params)
-        updates, state = opt.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
-    rng = np.random.default_rng(seed)
-    n = len(rows["chosen_ids"])
-    for _ in range(steps):
-        idx = rng.integers(0, n, batch_size)
-        params, state = step(params, state, {k: jnp.asarray(rows[k][idx]) for k in diag.PAIR_KEYS})
-    nnx.update(policy, params)
-    return policy
+    return adam_steps(policy, loss, rows, diag.PAIR_KEYS, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
 
 
 def train_reward_model(rm: RewardModel, rows: dict, *, steps: int, lr: float, batch_size: int = 32, seed: int = 0):
     """``steps`` Adam steps of the Bradley-Terry loss −log σ(r(y+) − r(y−)) (in place)."""
-    graphdef, params, rest = nnx.split(rm, nnx.Param, ...)
-    graphdef = (graphdef, rest)
-    opt = optax.adam(lr)
-    state = opt.init(params)
     t = rows["chosen_ids"].shape[1]
 
-    @jax.jit
-    def step(params, state, ids_c, ids_r):
-        def loss(p):
-            model = nnx.merge(graphdef[0], p, graphdef[1])
-            lengths = jnp.full((ids_c.shape[0] * 2,), t, jnp.int32)
-            s = model(jnp.concatenate([ids_c, ids_r]), lengths_B=lengths)[:, 0]
-            m = ids_c.shape[0]
-            return -jnp.mean(jax.nn.log_sigmoid(s[:m] - s[m:]))
+    def loss(graphdef, p, b):
+        ids_c, ids_r = b["chosen_ids"], b["rejected_ids"]
+        model = nnx.merge(graphdef[0], p, graphdef[1])
+        s = model(jnp.concatenate([ids_c, ids_r]), lengths_B=jnp.full((ids_c.shape[0] * 2,), t, jnp.int32))[:, 0]
+        m = ids_c.shape[0]
+        return -jnp.mean(jax.nn.log_sigmoid(s[:m] - s[m:]))
 
-        g = jax.grad(loss)(params)
-        updates, state = opt.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
-    rng = np.random.default_rng(seed)
-    n = len(rows["chosen_ids"])
-    for _ in range(steps):
-        idx = rng.integers(0, n, batch_size)
-        params, state = step(params, state, jnp.asarray(rows["chosen_ids"][idx]), jnp.asarray(rows["rejected_ids"][idx]))
-    nnx.update(rm, params)
-    return rm
+    return adam_steps(rm, loss, rows, ("chosen_ids", "rejected_ids"), steps=steps, lr=lr, batch_size=batch_size,
+                      seed=seed)
 
 
 def generalization_study(*, seed: int = 0, n_train: int = 2048, n_eval: int = 256, steps: int = 300,
