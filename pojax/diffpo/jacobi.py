@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from pojax.likelihood.autoregressive import chunked_map
+
 
 @struct.dataclass
 class JacobiResult:
@@ -98,21 +100,15 @@ def next_tokens(model, ids_BT, *, key=None, temperature=1.0, chunk_size: int = 1
     """
     h_BTD = model.hidden_states(ids_BT)
     w_DV = model.lm_head_weight().astype(h_BTD.dtype)
-    b, t, d = h_BTD.shape
-    c = max(1, min(int(chunk_size), t))
-    n = -(-t // c)
-    if n * c - t:
-        h_BTD = jnp.pad(h_BTD, ((0, 0), (0, n * c - t), (0, 0)))
-    h_NBCD = jnp.moveaxis(h_BTD.reshape(b, n, c, d), 1, 0)
-    pos_NBC = jnp.broadcast_to(jnp.arange(n * c, dtype=jnp.int32).reshape(n, 1, c), (n, b, c))
+    b, t, _ = h_BTD.shape
+    pos_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     inv_t = None if key is None else 1.0 / jnp.asarray(temperature, jnp.float32)
 
-    def chunk(xs):
-        logits_BCV = jnp.einsum("bcd,dv->bcv", xs[0], w_DV, preferred_element_type=jnp.float32)
-        return _pick(logits_BCV, xs[1], key, inv_t)
+    def chunk(h_BCD, pos_BC):
+        logits_BCV = jnp.einsum("bcd,dv->bcv", h_BCD, w_DV, preferred_element_type=jnp.float32)
+        return _pick(logits_BCV, pos_BC, key, inv_t)
 
-    out_NBC = jax.lax.map(chunk, (h_NBCD, pos_NBC))
-    return jnp.moveaxis(out_NBC, 0, 1).reshape(b, n * c)[:, :t]
+    return chunked_map(chunk, (h_BTD, pos_BT), chunk_size)
 
 
 def greedy_next(model, ids_BT, *, chunk_size: int = 1024):

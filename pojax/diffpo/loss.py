@@ -32,7 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pojax.likelihood.autoregressive import shift_targets, token_logps_from_hidden
+from pojax.likelihood.autoregressive import chunked_map, shift_targets, token_logps_from_hidden
 
 DIVERGENCES = ("kl", "soft_ce")
 
@@ -80,20 +80,10 @@ def token_divergence_from_hidden(hidden_target_BTD, hidden_state_BTD, lm_head_DV
     if hidden_target_BTD.shape != hidden_state_BTD.shape:
         raise ValueError(f"diffpo: target and state hidden states differ in shape: "
                          f"{hidden_target_BTD.shape} vs {hidden_state_BTD.shape}")
-    b, t, d = hidden_state_BTD.shape
-    c = max(1, min(int(chunk_size), t))
-    n = -(-t // c)
-    pad = n * c - t
-    if pad:
-        hidden_target_BTD = jnp.pad(hidden_target_BTD, ((0, 0), (0, pad), (0, 0)))
-        hidden_state_BTD = jnp.pad(hidden_state_BTD, ((0, 0), (0, pad), (0, 0)))
-    # [B, T, D] -> [N, B, C, D]: chunks lead (the lax.map axis), the batch axis stays whole.
-    to_chunks = lambda x: jnp.moveaxis(x.reshape(b, n, c, d), 1, 0)
     body = functools.partial(_chunk_divergence, kind=kind, logit_soft_cap=logit_soft_cap)
     body = jax.checkpoint(body, prevent_cse=False)  # backward recomputes a chunk's logits
-    div_NBC = jax.lax.map(lambda xs: body(xs[0], xs[1], lm_head_DV),
-                          (to_chunks(hidden_target_BTD), to_chunks(hidden_state_BTD)))
-    return jnp.moveaxis(div_NBC, 0, 1).reshape(b, n * c)[:, :t]
+    return chunked_map(lambda target, state: body(target, state, lm_head_DV), (hidden_target_BTD, hidden_state_BTD),
+                       chunk_size)
 
 
 def _masked_mean(values_BT, mask_BT):

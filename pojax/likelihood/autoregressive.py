@@ -179,29 +179,43 @@ def token_logps_from_hidden(hidden_BTD, lm_head_DV, targets_BT, *, chunk_size: i
     Returns:
       [B, T] float32 log p(targets), or a pair ([B, T], [B, T]) float32 with log Σ p² second.
     """
-    b, t, d = hidden_BTD.shape
-    c = max(1, min(int(chunk_size), t))
-    n_chunks = -(-t // c)
-    pad = n_chunks * c - t
-    targets_BT = targets_BT.astype(jnp.int32)
-    if pad:
-        hidden_BTD = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0)))
-        targets_BT = jnp.pad(targets_BT, ((0, 0), (0, pad)))
-    # [B, T, D] -> [N, B, C, D]: chunks lead (the lax.map axis), the batch axis stays intact.
-    h_NBCD = jnp.moveaxis(hidden_BTD.reshape(b, n_chunks, c, d), 1, 0)
-    targets_NBC = jnp.moveaxis(targets_BT.reshape(b, n_chunks, c), 1, 0)
-
+    t = hidden_BTD.shape[1]
+    h_NBCD, targets_NBC = to_chunks(hidden_BTD, chunk_size), to_chunks(targets_BT.astype(jnp.int32), chunk_size)
     v = lm_head_DV.shape[1]
     vt = v if vocab_chunk_size is None else max(1, min(int(vocab_chunk_size), v))
     logps_NBC, log_sq_NBC = _chunked_logps(h_NBCD, lm_head_DV, targets_NBC, vt, logit_soft_cap,
                                            bool(return_log_sum_sq))
-
-    def unchunk(x_NBC):
-        return jnp.moveaxis(x_NBC, 0, 1).reshape(b, n_chunks * c)[:, :t]
-
     if return_log_sum_sq:
-        return unchunk(logps_NBC), unchunk(log_sq_NBC)
-    return unchunk(logps_NBC)
+        return from_chunks(logps_NBC, t), from_chunks(log_sq_NBC, t)
+    return from_chunks(logps_NBC, t)
+
+
+def to_chunks(x_BT, chunk_size: int):
+    """[B, T, ...] -> [N, B, C, ...]: sequence chunks of C = min(chunk_size, T) positions lead
+    (the lax.map / scan axis), the batch axis stays whole (a batch-sharded input stays sharded);
+    T is zero-padded up to N·C."""
+    b, t = x_BT.shape[:2]
+    c = max(1, min(int(chunk_size), t))
+    n = -(-t // c)
+    if n * c - t:
+        x_BT = jnp.pad(x_BT, ((0, 0), (0, n * c - t)) + ((0, 0),) * (x_BT.ndim - 2))
+    return jnp.moveaxis(x_BT.reshape(b, n, c, *x_BT.shape[2:]), 1, 0)
+
+
+def from_chunks(x_NBC, t: int):
+    """[N, B, C] -> [B, T]: the inverse of ``to_chunks`` for per-position outputs (padding dropped)."""
+    n, b, c = x_NBC.shape
+    return jnp.moveaxis(x_NBC, 0, 1).reshape(b, n * c)[:, :t]
+
+
+def chunked_map(fn, xs_BT: tuple, chunk_size: int):
+    """``fn(*chunks) -> [B, C]`` over sequence chunks of the [B, T, ...] arrays ``xs_BT`` (same
+    B and T) under ``jax.lax.map``, reassembled to [B, T]: the per-position map shared by the
+    chunked divergences (TDPO's token KL, DiffPO's consistency loss, Jacobi's next tokens).
+    Padded positions are computed on zeros and dropped."""
+    t = xs_BT[0].shape[1]
+    out_NBC = jax.lax.map(lambda xs: fn(*xs), tuple(to_chunks(x, chunk_size) for x in xs_BT))
+    return from_chunks(out_NBC, t)
 
 
 def shift_targets(input_ids_BT, mask_BT, *, segment_ids_BT=None):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pojax.likelihood.autoregressive import chunked_map
+
 
 def _logits(h_BCD, w_DV, logit_soft_cap):
     # bf16 in, fp32 out: the softmax below runs on unrounded fp32 logits.
@@ -32,12 +34,6 @@ def _chunk_kl(h_BCD, w_DV, r_BCD, wr_DV, logit_soft_cap):
     log_q = jax.nn.log_softmax(_logits(r_BCD, wr_DV, logit_soft_cap), axis=-1)
     # q·(log q − log p) with q = exp(log q): a zero-probability column contributes exactly 0.
     return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
-
-
-def _to_chunks(x_BTD, n: int, c: int):
-    b, t, d = x_BTD.shape
-    x_BTD = jnp.pad(x_BTD, ((0, 0), (0, n * c - t), (0, 0)))
-    return jnp.moveaxis(x_BTD.reshape(b, n, c, d), 1, 0)  # [N, B, C, D]
 
 
 def token_kl_from_hidden(policy_hidden_BTD, policy_head_DV, ref_hidden_BTD, ref_head_DV, *,
@@ -71,13 +67,10 @@ def token_kl_from_hidden(policy_hidden_BTD, policy_head_DV, ref_hidden_BTD, ref_
                          f"reference {ref_head_DV.shape[1]})")
     ref_hidden_BTD = jax.lax.stop_gradient(ref_hidden_BTD)
     ref_head_DV = jax.lax.stop_gradient(ref_head_DV)
-    c = max(1, min(int(chunk_size), t))
-    n = -(-t // c)
-    h_NBCD, r_NBCD = _to_chunks(policy_hidden_BTD, n, c), _to_chunks(ref_hidden_BTD, n, c)
     # checkpoint: the backward pass keeps only each chunk's inputs and rebuilds its logits.
     chunk = jax.checkpoint(lambda h, w, r, wr: _chunk_kl(h, w, r, wr, logit_soft_cap))
-    kl_NBC = jax.lax.map(lambda xs: chunk(xs[0], policy_head_DV, xs[1], ref_head_DV), (h_NBCD, r_NBCD))
-    return jnp.moveaxis(kl_NBC, 0, 1).reshape(b, n * c)[:, :t]
+    return chunked_map(lambda h, r: chunk(h, policy_head_DV, r, ref_head_DV), (policy_hidden_BTD, ref_hidden_BTD),
+                       chunk_size)
 
 
 def token_kl(policy, reference, input_ids_BT, *, chunk_size: int = 1024):
