@@ -110,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.likelihood.kind = "autoregressive"  # autoregressive | diffusion
     c.likelihood.chunk_size = 1024  # sequence chunk of the chunked log-softmax, tokens
     c.likelihood.vocab_chunk_size = 8192  # vocabulary tile of the log-softmax (memory flat in V); 0 = one tile of V
+    c.likelihood.shared_prompt = True  # the sequences of a pair / ranked set share one forward of their prompt
     c.likelihood.n_mc = 8  # Monte Carlo draws of the diffusion ELBO
     c.likelihood.estimator = "length_stratified"  # length_stratified | length | timestep_stratified | timestep
     c.likelihood.mc_stderr = False  # diffusion: eval_loss_mc_stderr from two half budgets at every evaluation (n_mc even)

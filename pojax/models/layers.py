@@ -130,12 +130,15 @@ def apply_rope(x, positions, inv_freq):
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def attention_mask(q_pos, kv_pos, q_seg=None, kv_seg=None, window: int | None = None, causal: bool = True):
+def attention_mask(q_pos, kv_pos, q_seg=None, kv_seg=None, window: int | None = None, causal: bool = True,
+                   q_branch=None, kv_branch=None):
     """Which keys each query may see. [B, T, S] bool.
 
     q_pos [B, T], kv_pos [B, S]: positions (kv_pos < 0 marks empty cache slots); causal keeps
     kv_pos ≤ q_pos; ``window`` keeps q_pos - kv_pos < window (transformers' sliding window);
-    segment ids [B, T] / [B, S] keep keys of the same packed document (0 = padding).
+    segment ids [B, T] / [B, S] keep keys of the same packed document (0 = padding); branch ids
+    [B, T] / [B, S] (shared-prompt rows, pojax.likelihood.shared_prompt) keep keys on the shared
+    trunk (branch 0, the prompt) or on the query's own branch (its completion).
     """
     mask = kv_pos[:, None, :] >= 0
     if causal:
@@ -144,6 +147,8 @@ def attention_mask(q_pos, kv_pos, q_seg=None, kv_seg=None, window: int | None = 
         mask &= (q_pos[:, :, None] - kv_pos[:, None, :]) < window
     if q_seg is not None:
         mask &= (q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg[:, None, :] != 0)
+    if q_branch is not None:
+        mask &= (kv_branch[:, None, :] == 0) | (kv_branch[:, None, :] == q_branch[:, :, None])
     return mask
 
 

@@ -138,18 +138,21 @@ class CausalLM(DecoderStack):
         super().__init__(config, rngs=rngs)
         self.sliding = nnx.Variable(jnp.array([t == "sliding_attention" for t in config.layer_types]))
 
-    def hidden_states(self, input_ids, *, positions=None, segment_ids=None):
+    def hidden_states(self, input_ids, *, positions=None, segment_ids=None, branch_ids=None):
         """Final-norm hidden states [B, T, D] of input_ids [B, T] int32.
 
         positions [B, T] default to 0..T-1; segment_ids [B, T] (1.. per packed document,
-        0 = padding) keep attention inside each document.
+        0 = padding) keep attention inside each document; branch_ids [B, T] (0 = shared prompt,
+        k > 0 = the k-th completion) let several completions of a row share one prompt.
         """
         c = self.config
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        full = attention_mask(positions, positions, segment_ids, segment_ids)
-        windowed = full if c.sliding_window is None else attention_mask(positions, positions, segment_ids, segment_ids, c.sliding_window)
+        branch = dict(q_branch=branch_ids, kv_branch=branch_ids)
+        full = attention_mask(positions, positions, segment_ids, segment_ids, **branch)
+        windowed = full if c.sliding_window is None else attention_mask(positions, positions, segment_ids, segment_ids,
+                                                                        c.sliding_window, **branch)
         masks = (full, windowed)
         x = self.embed(input_ids)
         inv_freq = self.inv_freq[...]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from pojax import losses
 from pojax.likelihood import autoregressive as ar
+from pojax.likelihood import shared_prompt
 from pojax.likelihood.token_kl import token_kl_from_hidden
 
 # batch columns that become TokenLogps.extra entries of each half (TGDPO's guide rewards)
@@ -48,6 +49,21 @@ def _token_logps(model, ids, mask, chunk_size, with_sq=False, vocab_chunk_size=a
     return tok, sq, tmask
 
 
+def _fused_token_logps(model, ids_list, mask_list, chunk_size, width=None, with_sq=False,
+                       vocab_chunk_size=ar.DEFAULT_VOCAB_CHUNK):
+    """(token logps, log Σp² or None, target mask), each [K·B, T] in ``concat_pairs`` order, of K
+    row sets that share their prompts: one forward of the stacked rows, or with ``width`` one
+    shared-prompt forward of T + (K - 1)·W tokens per row (pojax.likelihood.shared_prompt)."""
+    if width is None:
+        return _token_logps(model, jnp.concatenate(ids_list, 0), jnp.concatenate(mask_list, 0), chunk_size,
+                            with_sq, vocab_chunk_size)
+    out = shared_prompt.token_logps(model, jnp.stack(ids_list, 1), jnp.stack(mask_list, 1), width,
+                                    chunk_size=chunk_size, return_log_sum_sq=with_sq,
+                                    vocab_chunk_size=vocab_chunk_size)
+    rows = lambda x_BKT: jnp.concatenate(jnp.unstack(x_BKT, axis=1), 0)
+    return rows(out[0]), (rows(out[2]) if with_sq else None), rows(out[1])
+
+
 def _hidden_and_head(model, ids):
     h = model.hidden_states(ids)
     return h, model.lm_head_weight().astype(h.dtype)  # the head in the activations' dtype, as token_logps
@@ -67,23 +83,26 @@ def _with_token_kl(policy, reference, ids, mask, chunk_size):
 
 
 def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum_sq: bool = False,
-               with_token_kl: bool = False, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK) -> losses.PairLogps:
+               with_token_kl: bool = False, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK,
+               completion_width: int | None = None) -> losses.PairLogps:
     """PairLogps of a paired batch: one fused forward of [chosen; rejected] per model.
 
     ``with_token_kl`` adds TokenLogps.extra["token_kl"] [B, T] (TDPO; needs the reference
     model, gradient w.r.t. the policy); token-reward columns of the batch go to
-    extra["token_rewards"] (TGDPO)."""
-    ids = concat_pairs(batch["chosen_ids"], batch["rejected_ids"])
-    mask = concat_pairs(batch["chosen_mask"], batch["rejected_mask"])
+    extra["token_rewards"] (TGDPO). ``completion_width`` W (static) runs each pair as one
+    shared-prompt row of T + W tokens instead (pojax.likelihood.shared_prompt: the prompt is
+    computed once; every completion token must lie in [p, p + W), see ``window_width``)."""
+    sides = [batch["chosen_ids"], batch["rejected_ids"]], [batch["chosen_mask"], batch["rejected_mask"]]
+    ids, mask = concat_pairs(*sides[0]), concat_pairs(*sides[1])
     kl = sq = None
     if with_token_kl:
         tok, ref_tok, kl, tmask = _with_token_kl(policy, reference, ids, mask, chunk_size)
     else:
-        tok, sq, tmask = _token_logps(policy, ids, mask, chunk_size, with_log_sum_sq, vocab_chunk_size)
+        kw = dict(width=completion_width, vocab_chunk_size=vocab_chunk_size)
+        tok, sq, tmask = _fused_token_logps(policy, *sides, chunk_size, with_sq=with_log_sum_sq, **kw)
         ref_tok = None
         if reference is not None:
-            ref_tok = jax.lax.stop_gradient(_token_logps(reference, ids, mask, chunk_size,
-                                                         vocab_chunk_size=vocab_chunk_size)[0])
+            ref_tok = jax.lax.stop_gradient(_fused_token_logps(reference, *sides, chunk_size, **kw)[0])
     ref_seq = None if ref_tok is None else ar.sequence_logps(ref_tok, tmask)
     seq = ar.sequence_logps(tok, tmask)
     lens = jnp.sum(tmask, axis=-1).astype(jnp.float32)
@@ -109,15 +128,16 @@ def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum
                             chosen_tokens=tokens(0), rejected_tokens=tokens(1))
 
 
-def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK) -> losses.UnpairedLogps:
-    """UnpairedLogps: completions and their mismatched (KL) twins in one fused forward."""
-    ids = concat_pairs(batch["input_ids"], batch["kl_ids"])
-    mask = concat_pairs(batch["completion_mask"], batch["kl_mask"])
-    tok, _, tmask = _token_logps(policy, ids, mask, chunk_size, vocab_chunk_size=vocab_chunk_size)
+def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK,
+                   completion_width: int | None = None) -> losses.UnpairedLogps:
+    """UnpairedLogps: completions and their mismatched (KL) twins in one fused forward
+    (``completion_width``: one shared-prompt row per prompt, as in ``pair_logps``)."""
+    sides = [batch["input_ids"], batch["kl_ids"]], [batch["completion_mask"], batch["kl_mask"]]
+    kw = dict(width=completion_width, vocab_chunk_size=vocab_chunk_size)
+    tok, _, tmask = _fused_token_logps(policy, *sides, chunk_size, **kw)
     completion, kl = split_pairs(ar.sequence_logps(tok, tmask))
     if reference is not None:
-        ref_tok = jax.lax.stop_gradient(_token_logps(reference, ids, mask, chunk_size,
-                                                     vocab_chunk_size=vocab_chunk_size)[0])
+        ref_tok = jax.lax.stop_gradient(_fused_token_logps(reference, *sides, chunk_size, **kw)[0])
         ref_completion, ref_kl = split_pairs(ar.sequence_logps(ref_tok, tmask))
     else:
         ref_completion, ref_kl = batch.get("ref_logps"), batch.get("ref_kl")
@@ -126,21 +146,25 @@ def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_ch
                                 length=split_pairs(jnp.sum(tmask, -1).astype(jnp.float32))[0])
 
 
-def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK) -> losses.RankedLogps:
-    """RankedLogps of a ranked batch: the K responses of every prompt in one forward of B·K rows.
-    input_ids [B, K, T], completion_mask [B, K, T] (or [B, T] shared by the K responses),
-    scores [B, K], optional rank_mask [B, K] (ragged K) and precomputed ref_logps [B, K]."""
+def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK,
+                 completion_width: int | None = None) -> losses.RankedLogps:
+    """RankedLogps of a ranked batch: the K responses of every prompt in one forward of B·K rows
+    (``completion_width``: one shared-prompt row of T + (K - 1)·W tokens per prompt, as in
+    ``pair_logps``). input_ids [B, K, T], completion_mask [B, K, T] (or [B, T] shared by the K
+    responses), scores [B, K], optional rank_mask [B, K] (ragged K) and precomputed
+    ref_logps [B, K]."""
     ids = batch["input_ids"]
     b, k, t = ids.shape
     mask = jnp.broadcast_to(batch["completion_mask"][:, None] if batch["completion_mask"].ndim == 2
                             else batch["completion_mask"], (b, k, t))
-    flat_ids, flat_mask = ids.reshape(b * k, t), mask.reshape(b * k, t)
-    tok, _, tmask = _token_logps(policy, flat_ids, flat_mask, chunk_size, vocab_chunk_size=vocab_chunk_size)
-    logps = ar.sequence_logps(tok, tmask).reshape(b, k)
+    sides = jnp.unstack(ids, axis=1), jnp.unstack(mask, axis=1)
+    kw = dict(width=completion_width, vocab_chunk_size=vocab_chunk_size)
+    as_bk = lambda x_KB: x_KB.reshape(k, b).T  # concat_pairs order (k-major) → [B, K]
+    tok, _, tmask = _fused_token_logps(policy, *sides, chunk_size, **kw)
+    logps = as_bk(ar.sequence_logps(tok, tmask))
     if reference is not None:
-        ref_tok = jax.lax.stop_gradient(_token_logps(reference, flat_ids, flat_mask, chunk_size,
-                                                     vocab_chunk_size=vocab_chunk_size)[0])
-        ref = ar.sequence_logps(ref_tok, tmask).reshape(b, k)
+        ref_tok = jax.lax.stop_gradient(_fused_token_logps(reference, *sides, chunk_size, **kw)[0])
+        ref = as_bk(ar.sequence_logps(ref_tok, tmask))
     else:
         ref = batch.get("ref_logps")
     return losses.RankedLogps(logps=logps, scores=batch["scores"].astype(jnp.float32), ref_logps=ref,
@@ -165,17 +189,18 @@ def needs_token_kl(loss_name) -> bool:
 
 
 def preference_loss(policy, reference, batch, *, loss_name: str, hparams: dict, chunk_size: int = 1024, state=None,
-                    vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK):
-    """(mean loss, {metric: scalar}, new loss state) of a registered loss on a batch."""
+                    vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK, completion_width: int | None = None):
+    """(mean loss, {metric: scalar}, new loss state) of a registered loss on a batch
+    (``completion_width``: shared-prompt forwards, see ``pair_logps``)."""
     fn = losses.get(loss_name)
+    kw = dict(chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size, completion_width=completion_width)
     if "scores" in batch:
-        logps = ranked_logps(policy, reference, batch, chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size)
+        logps = ranked_logps(policy, reference, batch, **kw)
     elif "label" in batch:
-        logps = unpaired_logps(policy, reference, batch, chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size)
+        logps = unpaired_logps(policy, reference, batch, **kw)
     else:
-        logps = pair_logps(policy, reference, batch, chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size,
-                           with_log_sum_sq=bool(hparams.get("use_weighting", False)),
-                           with_token_kl=needs_token_kl(loss_name))
+        logps = pair_logps(policy, reference, batch, with_log_sum_sq=bool(hparams.get("use_weighting", False)),
+                           with_token_kl=needs_token_kl(loss_name), **kw)
     extra = {"state": state} if state is not None else {}
     accepted = losses.hparam_names(fn)
     extra.update({k: batch[k] for k in RUNTIME_COLUMNS if k in batch and k in accepted})

@@ -33,7 +33,8 @@ def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int) 
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def preference_evaluator(config, *, lora_base: bool = False, mask_id: int | None = None):
+def preference_evaluator(config, *, lora_base: bool = False, mask_id: int | None = None,
+                         completion_width: int | None = None):
     """``evaluate(policy, reference, rows, loss_state=None) -> {eval_*: value}``: mean loss and
     TRL metrics of ``policy`` on ``rows`` (example-weighted over batches of the micro-batch
     size), as TRL's evaluation names them: eval_loss, eval_rewards/accuracies, ... One jitted
@@ -49,7 +50,8 @@ def preference_evaluator(config, *, lora_base: bool = False, mask_id: int | None
     ``pojax.objectives.diffusion.half_budget_losses`` for the derivation and its caveats)."""
     from pojax.train.objectives import half_budget_objective, preference_objective
 
-    objective, _ = preference_objective(config, mask_id=mask_id, lora_base=lora_base, packed=False)
+    objective, _ = preference_objective(config, mask_id=mask_id, lora_base=lora_base, packed=False,
+                                        completion_width=completion_width)
     bs = max(config.train.batch_size // config.train.grad_accum_steps, 1)
     halves = (half_budget_objective(config, mask_id=mask_id, lora_base=lora_base)
               if mask_id is not None and config.likelihood.get("mc_stderr") else None)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from pojax.config import ConfigError, loss_hparams
 from pojax.models.lora import without_adapters
+from pojax.likelihood.shared_prompt import window_width
 from pojax.objectives import initial_loss_state, packed_preference_loss, preference_loss, sft_loss
+from pojax.objectives.preference import needs_token_kl
 from pojax.objectives import diffusion as diff_obj
 
 
@@ -58,9 +61,48 @@ def sft_objective(config, mask_id: int | None):
     return objective, jnp.zeros((), jnp.int32)
 
 
-def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed: bool | None = None):
+def _row_sets(rows: dict):
+    """(ids [N, K, T], completion mask [N, K, T]) of paired / unpaired / ranked rows: the K
+    sequences that share each prompt."""
+    if "chosen_ids" in rows:
+        mask = [rows.get("chosen_mask", rows.get("completion_mask")), rows.get("rejected_mask", rows.get("completion_mask"))]
+        return np.stack([rows["chosen_ids"], rows["rejected_ids"]], 1), np.stack(mask, 1)
+    if "kl_ids" in rows:
+        return (np.stack([rows["input_ids"], rows["kl_ids"]], 1),
+                np.stack([rows["completion_mask"], rows["kl_mask"]], 1))
+    ids, mask = rows["input_ids"], rows["completion_mask"]
+    return ids, np.broadcast_to(mask[:, None], ids.shape) if mask.ndim == 2 else mask
+
+
+def shared_prompt_width(config, *row_sets: dict | None) -> int | None:
+    """The completion window W of likelihood.shared_prompt for these rows (the prompt of each
+    pair / ranked set / KTO twin computed once, pojax.likelihood.shared_prompt), or None where
+    the run computes each sequence in its own row: the option is off, packed or diffusion
+    batches, TDPO's token KL, or rows whose sequences do not share their prompt."""
+    lk = config.likelihood
+    if (not lk.get("shared_prompt", True) or lk.kind != "autoregressive" or config.data.packing
+            or needs_token_kl(config.loss.name)):
+        return None
+    widths = []
+    for rows in row_sets:
+        if rows is None or not len(next(iter(rows.values()))):
+            continue
+        if not any(k in rows for k in ("chosen_ids", "kl_ids", "scores")):
+            return None
+        width = window_width(*_row_sets(rows))
+        if width is None:
+            logging.info("likelihood.shared_prompt: the sequences of some row do not share their prompt; "
+                         "each sequence gets its own row")
+            return None
+        widths.append(width)
+    return max(widths) if widths else None
+
+
+def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed: bool | None = None,
+                         completion_width: int | None = None):
     """(objective, initial loss state) of the preference stage (``packed`` defaults to
-    data.packing; evaluation reads unpacked rows)."""
+    data.packing; evaluation reads unpacked rows; ``completion_width``: shared-prompt rows,
+    from ``shared_prompt_width``)."""
     name, hparams, chunk = config.loss.name, loss_hparams(config), config.likelihood.chunk_size
     if mask_id is not None:
         lk = config.likelihood
@@ -69,10 +111,12 @@ def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed
         loss_fn = lambda m, ref, b, ls: diff_obj.diffusion_preference_loss(m, ref, b, state=ls, **kw)
     else:
         packed = config.data.packing if packed is None else packed
-        inner = packed_preference_loss if packed else preference_loss
         vocab = vocab_chunk(config)
-        loss_fn = lambda m, ref, b, ls: inner(m, ref, b, loss_name=name, hparams=hparams, chunk_size=chunk, state=ls,
-                                              vocab_chunk_size=vocab)
+        kw = dict(loss_name=name, hparams=hparams, chunk_size=chunk, vocab_chunk_size=vocab)
+        if packed:
+            loss_fn = lambda m, ref, b, ls: packed_preference_loss(m, ref, b, state=ls, **kw)
+        else:
+            loss_fn = lambda m, ref, b, ls: preference_loss(m, ref, b, state=ls, completion_width=completion_width, **kw)
 
     def objective(m, ref, b, ls):
         return loss_fn(m, without_adapters(m) if lora_base else ref, b, ls)

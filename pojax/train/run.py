@@ -28,6 +28,7 @@ from pojax.train.loop import run_stage
 from pojax.train.objectives import (
     mask_id_of,
     preference_objective,
+    shared_prompt_width,
     sft_objective,
     with_example_ids,
 )
@@ -188,8 +189,12 @@ def run_train(config, workdir: str | None) -> dict:
             config, reference if reference is not None else without_adapters(model), model.config.vocab_size,
             {"train": rows, "held_out": held}, batch_size=bs, mesh=mesh, rules=rules)
         rows, held = splits["train"], splits["held_out"]
-    objective, loss_state = preference_objective(config, mask_id=mask_id, lora_base=mode == "lora_base")
-    evaluator = preference_evaluator(config, lora_base=mode == "lora_base", mask_id=mask_id)
+    width = shared_prompt_width(config, rows, held)
+    if width is not None:
+        logging.info("likelihood.shared_prompt: each prompt computed once, completion window %d tokens", width)
+    objective, loss_state = preference_objective(config, mask_id=mask_id, lora_base=mode == "lora_base",
+                                                 completion_width=width)
+    evaluator = preference_evaluator(config, lora_base=mode == "lora_base", mask_id=mask_id, completion_width=width)
 
     def eval_fn(policy, loss_state):
         return evaluator(policy, reference, held, loss_state)
