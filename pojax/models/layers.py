@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from pojax import sharding
 
@@ -152,10 +152,43 @@ def attention_mask(q_pos, kv_pos, q_seg=None, kv_seg=None, window: int | None = 
     return mask
 
 
+@struct.dataclass
+class PartMasks:
+    """An attention mask in parts: query rows [qs, qe) of part i see only the key ranges
+    ``parts[i][2]`` (static), under ``masks[i]`` [B, qe - qs, Σ key range lengths] bool.
+
+    Keys outside a part's ranges must be masked for its queries anyway (the caller's layout
+    guarantees it, e.g. causality in index order); skipping them is then exact and saves their
+    scores, softmax and gradients. Parts cover the queries in order."""
+
+    masks: tuple
+    parts: tuple = struct.field(pytree_node=False)  # ((q_start, q_stop, ((k_start, k_stop), ...)), ...)
+
+
+def part_masks(parts, q_pos, kv_pos, q_seg=None, kv_seg=None, window=None, q_branch=None, kv_branch=None) -> PartMasks:
+    """``attention_mask`` restricted to each part of ``parts`` (see PartMasks)."""
+    def keys(x, ranges):
+        return None if x is None else jnp.concatenate([x[:, a:b] for a, b in ranges], axis=1)
+
+    masks = tuple(attention_mask(q_pos[:, qs:qe], keys(kv_pos, kr), None if q_seg is None else q_seg[:, qs:qe],
+                                 keys(kv_seg, kr), window, q_branch=None if q_branch is None else q_branch[:, qs:qe],
+                                 kv_branch=keys(kv_branch, kr))
+                  for qs, qe, kr in parts)
+    return PartMasks(masks, tuple(parts))
+
+
 def attention(q, k, v, mask, scale: float, impl: str = "xla"):
     """Dispatches to pojax's explicit-mask XLA attention ("xla") or to
     ``jax.nn.dot_product_attention`` ("jax"; JAX picks its backend, cuDNN on GPU where the
-    mask allows). Same shapes as ``dot_product_attention``."""
+    mask allows). Same shapes as ``dot_product_attention``; a PartMasks ``mask`` runs each part
+    over its own key ranges and concatenates the outputs."""
+    if isinstance(mask, PartMasks):
+        outs = []
+        for (qs, qe, ranges), m in zip(mask.parts, mask.masks, strict=True):
+            kk = jnp.concatenate([k[:, a:b] for a, b in ranges], axis=1)
+            vv = jnp.concatenate([v[:, a:b] for a, b in ranges], axis=1)
+            outs.append(attention(q[:, qs:qe], kk, vv, m, scale, impl))
+        return jnp.concatenate(outs, axis=1)
     if impl == "jax":
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
     return dot_product_attention(q, k, v, mask, scale)

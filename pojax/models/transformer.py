@@ -14,7 +14,7 @@ from flax import nnx
 from pojax import sharding
 from pojax.models.config import ModelConfig
 from pojax.models.layers import (
-    Dense, RMSNorm, SwiGLU, apply_rope, attention, attention_mask, dtype_of, param, rope_inv_freq,
+    Dense, RMSNorm, SwiGLU, apply_rope, attention, attention_mask, dtype_of, param, part_masks, rope_inv_freq,
 )
 
 _REMAT_POLICIES = {
@@ -91,7 +91,7 @@ class Block(nnx.Module):
 
 
 def _run_block(block: Block, x, positions, masks, sliding, inv_freq):
-    mask = jnp.where(sliding, masks[1], masks[0])
+    mask = jax.tree.map(lambda w, f: jnp.where(sliding, w, f), masks[1], masks[0])
     return block(x, positions, mask, inv_freq)
 
 
@@ -138,21 +138,26 @@ class CausalLM(DecoderStack):
         super().__init__(config, rngs=rngs)
         self.sliding = nnx.Variable(jnp.array([t == "sliding_attention" for t in config.layer_types]))
 
-    def hidden_states(self, input_ids, *, positions=None, segment_ids=None, branch_ids=None):
+    def hidden_states(self, input_ids, *, positions=None, segment_ids=None, branch_ids=None, attention_parts=None):
         """Final-norm hidden states [B, T, D] of input_ids [B, T] int32.
 
         positions [B, T] default to 0..T-1; segment_ids [B, T] (1.. per packed document,
         0 = padding) keep attention inside each document; branch_ids [B, T] (0 = shared prompt,
-        k > 0 = the k-th completion) let several completions of a row share one prompt.
+        k > 0 = the k-th completion) let several completions of a row share one prompt;
+        attention_parts (static, see layers.PartMasks) skips key ranges the mask hides anyway.
         """
         c = self.config
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         branch = dict(q_branch=branch_ids, kv_branch=branch_ids)
-        full = attention_mask(positions, positions, segment_ids, segment_ids, **branch)
-        windowed = full if c.sliding_window is None else attention_mask(positions, positions, segment_ids, segment_ids,
-                                                                        c.sliding_window, **branch)
+        if attention_parts is not None:
+            make = lambda window: part_masks(attention_parts, positions, positions, segment_ids, segment_ids, window,
+                                             **branch)
+        else:
+            make = lambda window: attention_mask(positions, positions, segment_ids, segment_ids, window, **branch)
+        full = make(None)
+        windowed = full if c.sliding_window is None else make(c.sliding_window)
         masks = (full, windowed)
         x = self.embed(input_ids)
         inv_freq = self.inv_freq[...]

@@ -14,14 +14,16 @@ from pojax.objectives import pair_logps, ranked_logps, unpaired_logps
 from pojax.sampling import diffusion, generate
 
 
-def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int) -> dict:
+def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int,
+                    completion_width: int | None = None) -> dict:
     """The reference's per-sequence log-likelihoods of every row, computed once in batches:
     {ref_chosen, ref_rejected} [N] for paired rows, {ref_logps, ref_kl} [N] for unpaired ones,
-    {ref_logps} [N, K] for ranked ones."""
+    {ref_logps} [N, K] for ranked ones (``completion_width``: shared-prompt forwards, as
+    ``pojax.objectives.pair_logps``)."""
     n = len(next(iter(rows.values())))
     kind = "ranked" if "scores" in rows else "unpaired" if "label" in rows else "paired"
     logps_fn = {"ranked": ranked_logps, "unpaired": unpaired_logps, "paired": pair_logps}[kind]
-    fn = nnx.jit(lambda ref, b: logps_fn(ref, None, b, chunk_size=chunk_size))
+    fn = nnx.jit(lambda ref, b: logps_fn(ref, None, b, chunk_size=chunk_size, completion_width=completion_width))
     names = {"ranked": ("ref_logps",), "unpaired": ("ref_logps", "ref_kl"), "paired": ("ref_chosen", "ref_rejected")}[kind]
     outs = {k: [] for k in names}
     for start in range(0, n, batch_size):

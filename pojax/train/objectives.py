@@ -151,7 +151,8 @@ def reference_values(reference, rows: dict, config, *, mask_id: int | None, batc
     from pojax.train.evaluate import reference_logps
 
     if mask_id is None:
-        return reference_logps(reference, rows, batch_size=batch_size, chunk_size=config.likelihood.chunk_size)
+        return reference_logps(reference, rows, batch_size=batch_size, chunk_size=config.likelihood.chunk_size,
+                               completion_width=shared_prompt_width(config, rows))
     from flax import nnx
 
     lk = config.likelihood

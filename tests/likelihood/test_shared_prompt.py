@@ -175,3 +175,19 @@ def test_sharded_equals_single_device():
     assert len(sharded[0].sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(sharded[0]), np.asarray(single[0]), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(sharded[1]), np.asarray(single[1]))
+
+
+@pytest.mark.parametrize("query_block", [4, 5, 12])
+def test_attention_parts_equal_the_full_mask(query_block):
+    """Skipping the key blocks the shared layout hides (causal query blocks of the first
+    sequence, other completions' windows) gives the hidden states of the full masked attention."""
+    ids, mask = rows(*CASES["three"], seed=7)
+    m = model(sliding_window=4, seed=5)
+    width = sp.window_width(ids, mask)
+    b, k, t = ids.shape
+    row_ids, positions, branch = sp.shared_rows(jnp.asarray(ids), sp.prompt_lengths(jnp.asarray(mask)), width)
+    parts = sp.attention_parts(t, width, k, query_block=query_block)
+    assert len(parts) == -(-t // query_block) + k - 1
+    full = m.hidden_states(row_ids, positions=positions, branch_ids=branch)
+    parted = m.hidden_states(row_ids, positions=positions, branch_ids=branch, attention_parts=parts)
+    np.testing.assert_allclose(parted, full, atol=1e-5)
