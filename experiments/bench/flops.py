@@ -31,6 +31,23 @@ def dpo_step_flops(w: Workload) -> float:
     return 8 * matmul_params(w) * tokens + 4 * attention
 
 
+def pojax_step_flops(w: Workload) -> float:
+    """FLOPs of pojax's own DPO step on the workload: each pair as one shared-prompt row of
+    prompt + 2 · completion tokens (pojax.likelihood.shared_prompt), the LM head on the 2 ·
+    completion scoring positions only, plus the head's recomputation in the tiled log-prob
+    backward; attention over the key ranges of ``attention_parts`` (causal query blocks of the
+    first sequence, the window against the first sequence and itself)."""
+    from pojax.likelihood.shared_prompt import attention_parts
+
+    t, width = w.prompt_len + w.completion_len, w.completion_len
+    layer_params = matmul_params(w) - w.vocab * w.hidden
+    row_tokens, head_tokens = w.pairs * (t + width), w.pairs * 2 * width
+    key_pairs = sum((qe - qs) * sum(b - a for a, b in kr) for qs, qe, kr in attention_parts(t, width, 2))
+    attention = w.layers * 4 * key_pairs * w.hidden * w.pairs  # one forward: QKᵀ and PV, 2 FLOPs per MAC
+    forward = 2 * layer_params * row_tokens + 2 * w.vocab * w.hidden * head_tokens + attention
+    return forward * 3 + 2 * w.vocab * w.hidden * head_tokens + forward  # policy fwd + bwd, recompute, reference
+
+
 _MATMUL = """
 import time, jax, jax.numpy as jnp
 n = {n}

@@ -1,8 +1,9 @@
 """Step time and peak memory of pojax's DPO step as sequence length, vocabulary and batch grow:
-the tiled log-prob path (``likelihood.chunk_size`` = --chunk tokens and the default vocabulary
-tile ``likelihood.vocab_chunk_size``: never a full [B, T, V] fp32 logits tensor, nor [B, C, V])
-against the naive path (chunk_size = the sequence length and vocab_chunk_size = 0: one chunk, one
-tile, the full logits, as a framework without chunking computes them).
+pojax's default path (``likelihood.chunk_size`` = --chunk tokens, the default vocabulary tile
+``likelihood.vocab_chunk_size``: never a full [B, T, V] fp32 logits tensor, nor [B, C, V]; each
+prompt computed once, ``likelihood.shared_prompt``) against the naive path (chunk_size = the
+sequence length, vocab_chunk_size = 0 and shared_prompt off: one row per sequence, the full
+logits, as a framework without either computes them).
 
     python -m experiments.bench.scaling [--axes=seq,vocab,batch] [--steps=8 --warmup=3] [--out=...]
 
@@ -42,12 +43,13 @@ def point(axis: str, value: int) -> workload.Workload:
     return dataclasses.replace(w, name=f"scale_v{w.vocab}_p{w.pairs}_s{w.seq_len}")
 
 
-def measure(w: workload.Workload, chunk: int, vocab_chunk: int | None = None) -> dict:
+def measure(w: workload.Workload, chunk: int, vocab_chunk: int | None = None, shared_prompt: bool = True) -> dict:
     """One fresh pojax process at sequence chunk ``chunk`` and vocabulary tile ``vocab_chunk``
-    (None: the config's default; 0: the whole vocabulary)."""
+    (None: the config's default; 0: the whole vocabulary), prompts shared or not."""
     paths = workload.prepare(w, _ROOT.value)
-    out = os.path.join(_ROOT.value, f"{w.name}_c{chunk}_v{vocab_chunk}.json")
-    extra = [f"--extra=--config.likelihood.chunk_size={chunk}"]
+    out = os.path.join(_ROOT.value, f"{w.name}_c{chunk}_v{vocab_chunk}_sp{int(shared_prompt)}.json")
+    extra = [f"--extra=--config.likelihood.chunk_size={chunk}",
+             f"--extra=--config.likelihood.shared_prompt={shared_prompt}"]
     if vocab_chunk is not None:
         extra.append(f"--extra=--config.likelihood.vocab_chunk_size={vocab_chunk}")
     cmd = compare.command("pojax", sys.executable, w, paths, _STEPS.value, out) + extra
@@ -72,7 +74,8 @@ def write_results(rows: list, chunk: int, out: str) -> str:
                      f"{fmt(n, 's_per_step', '.3f')} | {fmt(c, 'peak_rss_gib', '.2f')} | {fmt(n, 'peak_rss_gib', '.2f')} |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "scaling.md"), "w") as f:
-        f.write(f"# pojax DPO step scaling, tiled (sequence chunk {chunk}, default vocabulary tile) vs full logits "
+        f.write(f"# pojax DPO step scaling, default (sequence chunk {chunk}, default vocabulary tile, shared prompts) "
+                f"vs full logits, one row per sequence "
                 f"({compare.hardware_name()})\n\n")
         f.write(table)
     return table
@@ -88,7 +91,7 @@ def main(argv) -> None:
         for value in GRID[axis][1]:
             w = point(axis, value)
             rows.append({"axis": axis, "seq_len": w.seq_len, "vocab": w.vocab, "pairs": w.pairs,
-                         "chunked": measure(w, _CHUNK.value), "naive": measure(w, w.seq_len, 0)})
+                         "chunked": measure(w, _CHUNK.value), "naive": measure(w, w.seq_len, 0, shared_prompt=False)})
             print(json.dumps(rows[-1]), flush=True)
             table = write_results(rows, _CHUNK.value, _OUT.value)
     print(table)

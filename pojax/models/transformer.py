@@ -150,14 +150,18 @@ class CausalLM(DecoderStack):
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        rows = lambda x: None if x is None else sharding.constrain(x, ("batch", "length"))
+        positions, segment_ids, branch_ids = rows(positions), rows(segment_ids), rows(branch_ids)
         branch = dict(q_branch=branch_ids, kv_branch=branch_ids)
         if attention_parts is not None:
             make = lambda window: part_masks(attention_parts, positions, positions, segment_ids, segment_ids, window,
                                              **branch)
         else:
             make = lambda window: attention_mask(positions, positions, segment_ids, segment_ids, window, **branch)
-        full = make(None)
-        windowed = full if c.sliding_window is None else make(c.sliding_window)
+        # masks batch-sharded like the rows (else the partitioner may reshard them with all-to-alls)
+        whole = lambda m: jax.tree.map(lambda x: sharding.constrain(x, ("batch", "length", "kv_length")), m)
+        full = whole(make(None))
+        windowed = full if c.sliding_window is None else whole(make(c.sliding_window))
         masks = (full, windowed)
         x = self.embed(input_ids)
         inv_freq = self.inv_freq[...]

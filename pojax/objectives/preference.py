@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pojax import losses
+from pojax import losses, sharding
 from pojax.likelihood import autoregressive as ar
 from pojax.likelihood import shared_prompt
 from pojax.likelihood.token_kl import token_kl_from_hidden
@@ -51,17 +51,23 @@ def _token_logps(model, ids, mask, chunk_size, with_sq=False, vocab_chunk_size=a
 
 def _fused_token_logps(model, ids_list, mask_list, chunk_size, width=None, with_sq=False,
                        vocab_chunk_size=ar.DEFAULT_VOCAB_CHUNK):
-    """(token logps, log Σp² or None, target mask), each [K·B, T] in ``concat_pairs`` order, of K
-    row sets that share their prompts: one forward of the stacked rows, or with ``width`` one
-    shared-prompt forward of T + (K - 1)·W tokens per row (pojax.likelihood.shared_prompt)."""
+    """(token logps, log Σp² or None, target mask) of K row sets [B, T] that share their
+    prompts, each as a tuple of K arrays [B, T]: one forward of the K·B stacked rows, or with
+    ``width`` one shared-prompt forward of T + (K - 1)·W tokens per row
+    (pojax.likelihood.shared_prompt). Neither path concatenates along the (sharded) batch axis
+    after the model: halves are slices."""
+    k = len(ids_list)
     if width is None:
-        return _token_logps(model, jnp.concatenate(ids_list, 0), jnp.concatenate(mask_list, 0), chunk_size,
-                            with_sq, vocab_chunk_size)
-    out = shared_prompt.token_logps(model, jnp.stack(ids_list, 1), jnp.stack(mask_list, 1), width,
-                                    chunk_size=chunk_size, return_log_sum_sq=with_sq,
-                                    vocab_chunk_size=vocab_chunk_size)
-    rows = lambda x_BKT: jnp.concatenate(jnp.unstack(x_BKT, axis=1), 0)
-    return rows(out[0]), (rows(out[2]) if with_sq else None), rows(out[1])
+        tok, sq, tmask = _token_logps(model, jnp.concatenate(ids_list, 0), jnp.concatenate(mask_list, 0), chunk_size,
+                                      with_sq, vocab_chunk_size)
+        b = tok.shape[0] // k
+        halves = lambda x: None if x is None else tuple(x[i * b:(i + 1) * b] for i in range(k))
+        return halves(tok), halves(sq), halves(tmask)
+    bkt = lambda xs: sharding.constrain(jnp.stack(xs, 1), ("batch", None, "length"))
+    out = shared_prompt.token_logps(model, bkt(ids_list), bkt(mask_list), width, chunk_size=chunk_size,
+                                    return_log_sum_sq=with_sq, vocab_chunk_size=vocab_chunk_size)
+    halves = lambda x_BKT: tuple(x_BKT[:, i] for i in range(k))
+    return halves(out[0]), (halves(out[2]) if with_sq else None), halves(out[1])
 
 
 def _hidden_and_head(model, ids):
@@ -93,22 +99,19 @@ def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum
     shared-prompt row of T + W tokens instead (pojax.likelihood.shared_prompt: the prompt is
     computed once; every completion token must lie in [p, p + W), see ``window_width``)."""
     sides = [batch["chosen_ids"], batch["rejected_ids"]], [batch["chosen_mask"], batch["rejected_mask"]]
-    ids, mask = concat_pairs(*sides[0]), concat_pairs(*sides[1])
     kl = sq = None
     if with_token_kl:
-        tok, ref_tok, kl, tmask = _with_token_kl(policy, reference, ids, mask, chunk_size)
+        ids, mask = concat_pairs(*sides[0]), concat_pairs(*sides[1])
+        tok, ref_tok, kl, tmask = (split_pairs(x) for x in _with_token_kl(policy, reference, ids, mask, chunk_size))
     else:
         kw = dict(width=completion_width, vocab_chunk_size=vocab_chunk_size)
         tok, sq, tmask = _fused_token_logps(policy, *sides, chunk_size, with_sq=with_log_sum_sq, **kw)
         ref_tok = None
         if reference is not None:
             ref_tok = jax.lax.stop_gradient(_fused_token_logps(reference, *sides, chunk_size, **kw)[0])
-    ref_seq = None if ref_tok is None else ar.sequence_logps(ref_tok, tmask)
-    seq = ar.sequence_logps(tok, tmask)
-    lens = jnp.sum(tmask, axis=-1).astype(jnp.float32)
 
     def tokens(half):
-        pick = lambda x: None if x is None else split_pairs(x)[half]
+        pick = lambda x: None if x is None else x[half]
         extra = {} if sq is None else {"log_sum_sq_probs": pick(sq)}
         if kl is not None:
             extra[losses.TOKEN_KL] = pick(kl)
@@ -117,12 +120,12 @@ def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum
                 extra[key] = batch[columns[half]]
         return losses.TokenLogps(policy=pick(tok), ref=pick(ref_tok), mask=pick(tmask), extra=extra)
 
-    if ref_seq is not None:
-        ref_chosen, ref_rejected = split_pairs(ref_seq)
+    if ref_tok is not None:
+        ref_chosen, ref_rejected = (ar.sequence_logps(r, m) for r, m in zip(ref_tok, tmask))
     else:
         ref_chosen, ref_rejected = batch.get("ref_chosen"), batch.get("ref_rejected")
-    chosen, rejected = split_pairs(seq)
-    chosen_len, rejected_len = split_pairs(lens)
+    chosen, rejected = (ar.sequence_logps(x, m) for x, m in zip(tok, tmask))
+    chosen_len, rejected_len = (jnp.sum(m, axis=-1).astype(jnp.float32) for m in tmask)
     return losses.PairLogps(chosen=chosen, rejected=rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected,
                             chosen_len=chosen_len, rejected_len=rejected_len,
                             chosen_tokens=tokens(0), rejected_tokens=tokens(1))
@@ -135,15 +138,15 @@ def unpaired_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_ch
     sides = [batch["input_ids"], batch["kl_ids"]], [batch["completion_mask"], batch["kl_mask"]]
     kw = dict(width=completion_width, vocab_chunk_size=vocab_chunk_size)
     tok, _, tmask = _fused_token_logps(policy, *sides, chunk_size, **kw)
-    completion, kl = split_pairs(ar.sequence_logps(tok, tmask))
+    completion, kl = (ar.sequence_logps(x, m) for x, m in zip(tok, tmask))
     if reference is not None:
         ref_tok = jax.lax.stop_gradient(_fused_token_logps(reference, *sides, chunk_size, **kw)[0])
-        ref_completion, ref_kl = split_pairs(ar.sequence_logps(ref_tok, tmask))
+        ref_completion, ref_kl = (ar.sequence_logps(x, m) for x, m in zip(ref_tok, tmask))
     else:
         ref_completion, ref_kl = batch.get("ref_logps"), batch.get("ref_kl")
     return losses.UnpairedLogps(completion=completion, label=batch["label"], ref_completion=ref_completion,
                                 kl=jax.lax.stop_gradient(kl), ref_kl=ref_kl,
-                                length=split_pairs(jnp.sum(tmask, -1).astype(jnp.float32))[0])
+                                length=jnp.sum(tmask[0], -1).astype(jnp.float32))
 
 
 def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chunk_size: int | None = ar.DEFAULT_VOCAB_CHUNK,
@@ -157,16 +160,22 @@ def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chun
     b, k, t = ids.shape
     mask = jnp.broadcast_to(batch["completion_mask"][:, None] if batch["completion_mask"].ndim == 2
                             else batch["completion_mask"], (b, k, t))
-    sides = jnp.unstack(ids, axis=1), jnp.unstack(mask, axis=1)
-    kw = dict(width=completion_width, vocab_chunk_size=vocab_chunk_size)
-    as_bk = lambda x_KB: x_KB.reshape(k, b).T  # concat_pairs order (k-major) → [B, K]
-    tok, _, tmask = _fused_token_logps(policy, *sides, chunk_size, **kw)
-    logps = as_bk(ar.sequence_logps(tok, tmask))
-    if reference is not None:
-        ref_tok = jax.lax.stop_gradient(_fused_token_logps(reference, *sides, chunk_size, **kw)[0])
-        ref = as_bk(ar.sequence_logps(ref_tok, tmask))
+    kw = dict(chunk_size=chunk_size, vocab_chunk_size=vocab_chunk_size)
+    if completion_width is None:  # B·K rows, b-major
+        flat_ids, flat_mask = ids.reshape(b * k, t), mask.reshape(b * k, t)
+
+        def logps_of(model):
+            tok, _, tmask = _token_logps(model, flat_ids, flat_mask, **kw)
+            return ar.sequence_logps(tok, tmask).reshape(b, k)
     else:
-        ref = batch.get("ref_logps")
+        sides = jnp.unstack(ids, axis=1), jnp.unstack(mask, axis=1)
+
+        def logps_of(model):
+            tok, _, tmask = _fused_token_logps(model, *sides, width=completion_width, **kw)
+            return jnp.stack([ar.sequence_logps(x, m) for x, m in zip(tok, tmask)], axis=1)
+
+    logps = logps_of(policy)
+    ref = jax.lax.stop_gradient(logps_of(reference)) if reference is not None else batch.get("ref_logps")
     return losses.RankedLogps(logps=logps, scores=batch["scores"].astype(jnp.float32), ref_logps=ref,
                               mask=batch.get("rank_mask"))
 

@@ -55,6 +55,38 @@ def test_forward_flops_match_xla_cost_analysis(files):
     assert flops.dpo_step_flops(MICRO) == pytest.approx(4 * ours)
 
 
+def test_pojax_step_flops_match_xla_cost_analysis():
+    """pojax's own step (shared-prompt rows, head on completion slots, tiled-head recompute,
+    attention in parts) against XLA's count of the compiled value_and_grad + reference forward."""
+    from flax import nnx
+
+    from pojax.models.config import ModelConfig
+    from pojax.models.transformer import CausalLM
+    from pojax.objectives import preference_loss
+
+    w = MICRO
+    cfg = ModelConfig(vocab_size=w.vocab, hidden_size=w.hidden, intermediate_size=w.intermediate,
+                      num_hidden_layers=w.layers, num_attention_heads=w.heads, num_key_value_heads=w.kv_heads)
+    policy, reference = CausalLM(cfg, rngs=nnx.Rngs(0)), CausalLM(cfg, rngs=nnx.Rngs(1))
+    t = w.prompt_len + w.completion_len
+    ids = jnp.asarray(np.random.default_rng(0).integers(4, w.vocab, (w.pairs, t)), jnp.int32)
+    mask = jnp.broadcast_to(jnp.arange(t) >= w.prompt_len, (w.pairs, t))
+    batch = {"chosen_ids": ids, "rejected_ids": ids.at[:, w.prompt_len:].add(1), "chosen_mask": mask,
+             "rejected_mask": mask}
+    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
+
+    def loss(p, ref, b):
+        return preference_loss(nnx.merge(graphdef, p, rest), ref, b, loss_name="sigmoid", hparams={"beta": 0.1},
+                               completion_width=w.completion_len)[0]
+
+    step = nnx.jit(jax.value_and_grad(loss))
+    counted = step.lower(params, reference, batch).compile().cost_analysis()
+    counted = counted[0] if isinstance(counted, list) else counted
+    ours = flops.pojax_step_flops(w)
+    assert ours <= counted["flops"] <= 1.3 * ours, (ours, counted["flops"])
+    assert ours < 0.9 * flops.dpo_step_flops(w)
+
+
 def test_pojax_and_trl_do_the_same_work(files, tmp_path):
     runs = {}
     for name in ("pojax", "trl"):
@@ -77,9 +109,11 @@ def test_summary_and_table():
     assert "error" in compare.summarize([{"error": "boom"}], MICRO, warmup=1)
     s["pojax_speedup"] = 1.0
     result = {"workload": MICRO.__dict__, "hardware": "cpu", "rounds": 2, "steps": 4, "warmup": 1, "step_gflop": 1.0,
-              "matmul_gflops": 10.0, "floor_s_per_step": 0.1, "frameworks": {"pojax": s, "trl": {"error": "x\nno"}}}
+              "matmul_gflops": 10.0, "floor_s_per_step": 0.1, "pojax_step_gflop": 0.75,
+              "frameworks": {"pojax": s, "trl": {"error": "x\nno"}}}
     table = compare.markdown(result)
     assert "| pojax | 3.000 |" in table and "30.00" in table and "failed: no" in table
+    assert "0.8 GFLOP/step, 75% of the model FLOPs" in table and "floor 0.075 s/step" in table
 
 
 def test_unknown_peer_is_a_usage_error():
