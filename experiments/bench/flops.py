@@ -35,14 +35,15 @@ def pojax_step_flops(w: Workload) -> float:
     """FLOPs of pojax's own DPO step on the workload: each pair as one shared-prompt row of
     prompt + 2 · completion tokens (pojax.likelihood.shared_prompt), the LM head on the 2 ·
     completion scoring positions only, plus the head's recomputation in the tiled log-prob
-    backward; attention over the key ranges of ``attention_parts`` (causal query blocks of the
-    first sequence, the window against the first sequence and itself)."""
-    from pojax.likelihood.shared_prompt import attention_parts
+    backward; attention over the key ranges of ``layout_parts`` (causal query blocks of the
+    first sequence, the window against the first sequence and itself), or the whole row."""
+    from pojax.likelihood.shared_prompt import layout_parts
 
     t, width = w.prompt_len + w.completion_len, w.completion_len
     layer_params = matmul_params(w) - w.vocab * w.hidden
     row_tokens, head_tokens = w.pairs * (t + width), w.pairs * 2 * width
-    key_pairs = sum((qe - qs) * sum(b - a for a, b in kr) for qs, qe, kr in attention_parts(t, width, 2))
+    parts = layout_parts(t, width, 2) or ((0, t + width, ((0, t + width),)),)  # None: one full attention
+    key_pairs = sum((qe - qs) * sum(b - a for a, b in kr) for qs, qe, kr in parts)
     attention = w.layers * 4 * key_pairs * w.hidden * w.pairs  # one forward: QKᵀ and PV, 2 FLOPs per MAC
     forward = 2 * layer_params * row_tokens + 2 * w.vocab * w.hidden * head_tokens + attention
     return forward * 3 + 2 * w.vocab * w.hidden * head_tokens + forward  # policy fwd + bwd, recompute, reference

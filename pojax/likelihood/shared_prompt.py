@@ -78,6 +78,13 @@ def attention_parts(t: int, width: int, k: int, query_block: int = QUERY_BLOCK) 
     return first + windows
 
 
+def layout_parts(t: int, width: int, k: int) -> tuple | None:
+    """The attention parts ``token_logps`` uses: ``attention_parts`` once the first sequence
+    spans more than one query block, else None (one masked attention over the whole row: on short
+    rows the extra slicing and key concatenation cost about what the skipped scores save)."""
+    return attention_parts(t, width, k) if t > QUERY_BLOCK else None
+
+
 def _scoring_index(prompt_len_B, k: int, t: int, width: int):
     """[B, K, W] row index whose hidden state scores window slot j of sequence k: p_b − 1 + j in
     the first sequence; for the others p_b − 1 (the shared last prompt token) at j = 0, else
@@ -127,7 +134,7 @@ def token_logps(model, ids_BKT, mask_BKT, width: int, *, chunk_size: int = 1024,
     p_B = prompt_lengths(mask_BKT)
     ids, positions, branch_ids = shared_rows(ids_BKT, p_B, width)
     hidden = model.hidden_states(ids, positions=positions, branch_ids=branch_ids,
-                                 attention_parts=attention_parts(t, width, k))  # [B, T + (K-1)W, D]
+                                 attention_parts=layout_parts(t, width, k))  # [B, T + (K-1)W, D]
     rows = _scoring_index(p_B, k, t, width).reshape(b, k * width)
     h_BND = jnp.take_along_axis(hidden, rows[:, :, None], axis=1)  # [B, K·W, D]
     src_BW = p_B[:, None] + jnp.arange(width, dtype=jnp.int32)[None]

@@ -191,3 +191,8 @@ def test_attention_parts_equal_the_full_mask(query_block):
     full = m.hidden_states(row_ids, positions=positions, branch_ids=branch)
     parted = m.hidden_states(row_ids, positions=positions, branch_ids=branch, attention_parts=parts)
     np.testing.assert_allclose(parted, full, atol=1e-5)
+    weights = np.random.default_rng(8).standard_normal(full.shape).astype(np.float32)
+    grad = lambda p: nnx.grad(lambda mm: jnp.sum(weights * mm.hidden_states(
+        row_ids, positions=positions, branch_ids=branch, attention_parts=p)))(m)
+    for a, b in zip(jax.tree.leaves(grad(parts)), jax.tree.leaves(grad(None)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
