@@ -30,23 +30,19 @@ zjuruizhechen/DiffPO, has the evaluation code, which builds on hao-ai-lab/Consis
   - departures: no label smoothing on L_AR (CLLM uses 0.1); states are other models' answers
     ranked by score, not the aligner's own Jacobi trajectories (as the paper describes its data).
 """
-import importlib.util
 import os
+
+from pojax.config import recipe
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 UF_ROWS = 63_967  # prompts of openbmb/UltraFeedback
 BATCH = 32  # global batch, trajectories (pojax's choice)
 EPOCH_STEPS = -(-UF_ROWS // BATCH)  # 1,999 optimizer steps = 1 epoch
 
 
-def _recipe(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config():
-    config = _recipe("diffpo").get_config()  # the diffpo section and its defaults
+    config = recipe(os.path.join(HERE, "diffpo.py"))  # the diffpo section and its defaults
     config.task = "diffpo"  # aligner training, then refinement of held-out base answers
 
     config.model.path = ""  # required: --config.model.path=<Meta-Llama-3-8B-Instruct HF dir> (the aligner)

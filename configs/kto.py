@@ -3,15 +3,13 @@
     python -m pojax.main --config=configs/kto.py --config.model.path=<HF dir> \\
         --config.data.path=/data/kto-mix-14k --config.data.format=kto_mix
 """
-import importlib.util
 import os
+
+from pojax.config import recipe
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("dpo_recipe", os.path.join(os.path.dirname(__file__), "dpo.py"))
-    dpo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dpo)
-    config = dpo.get_config()
+    config = recipe(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpo.py"))
     config.data.format = "unpaired"  # unpaired | kto_mix
     config.loss.name = "kto"
     config.loss.beta = 0.1

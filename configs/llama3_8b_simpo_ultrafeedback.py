@@ -22,22 +22,18 @@ completion. Departures: the paper's Llama-3-Instruct runs use on-policy pairs
 (princeton-nlp/llama3-ultrafeedback: pass its train parquet file with --config.data.format=paired);
 the 2048-token budget is split 1024 prompt + 1024 completion tokens (fixed-width rows).
 """
-import importlib.util
 import os
+
+from pojax.config import recipe
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 BETA = 2.5  # SimPO paper, Llama3-Instruct
 GAMMA_BETA_RATIO = 0.55  # SimPO paper, Llama3-Instruct
 
 
-def _recipe(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config():
-    config = _recipe("llama3_8b_dpo_ultrafeedback").get_config()  # model, data, schedule, mesh, checkpoints, eval
+    config = recipe(os.path.join(HERE, "llama3_8b_dpo_ultrafeedback.py"))  # model, data, schedule, mesh, checkpoints, eval
     config.loss.name = "simpo"  # length-normalized, reference-free, target margin γ (Eq. 6)
     config.loss.beta = BETA  # reward scale β
     config.loss.simpo_gamma = GAMMA_BETA_RATIO * BETA  # target reward margin γ = 1.375 (TRL's simpo_gamma)

@@ -10,21 +10,17 @@ files), computed once before training and carried in every batch as reward_margi
 The gym's margins are fractions of the 6 response positions (1/6 … 1), so τ and λ are set on
 that scale: margins below τ count as hard (amplified up to c_max), above as easy (down to c_min).
 """
-from pojax.config import base_config
+import os
+
+from pojax.config import recipe
 
 
 def get_config():
-    config = base_config()  # the quickstart's tiny random Llama on the gym
-    config.task = "train"  # SFT stage, then preference optimization
+    config = recipe(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))  # its gym, model, SFT start, steps, lr
     config.loss.name = "madpo"  # pojax.losses registry name
     config.loss.beta = 0.1  # DPO's β
     config.loss.madpo_c_max = 2.0  # weight scale of the hardest pairs (> 1)
     config.loss.madpo_c_min = 0.5  # weight scale of the easiest pairs (< 1)
     config.loss.madpo_tau = 0.5  # margin τ where c = 1, in gold-reward units (the author's 2 is for RM logits)
     config.loss.madpo_lambda = 8.0  # steepness λ of the transition, per gold-reward unit
-    config.train.sft_steps = 300  # the quickstart's SFT start
-    config.train.max_steps = 200  # preference steps
-    config.train.batch_size = 32  # pairs per step
-    config.optimizer.learning_rate = 5e-4  # peak learning rate
-    config.checkpoint.every_steps = 100  # steps between checkpoints
     return config

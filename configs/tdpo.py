@@ -8,19 +8,15 @@ quickstart's model and SFT start, DPO plus the per-token KL(π_ref ‖ π) over 
 reference.mode: copy | lora_base (the per-token KL needs the reference's full distributions;
 precomputed and none are refused). tdpo_alpha = 0 is sigmoid DPO.
 """
-from pojax.config import base_config
+import os
+
+from pojax.config import recipe
 
 
 def get_config():
-    config = base_config()  # the quickstart's tiny random Llama on the gym
-    config.task = "train"  # SFT stage, then preference optimization
+    config = recipe(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))  # its gym, model, SFT start, steps, lr
     config.loss.name = "tdpo"  # pojax.losses registry name
     config.loss.beta = 0.1  # DPO's β
     config.loss.tdpo_alpha = 0.5  # α of TDPO2 (the authors' default)
     config.reference.mode = "copy"  # copy | lora_base
-    config.train.sft_steps = 300  # the quickstart's SFT start
-    config.train.max_steps = 200  # preference steps
-    config.train.batch_size = 32  # pairs per step
-    config.optimizer.learning_rate = 5e-4  # peak learning rate
-    config.checkpoint.every_steps = 100  # steps between checkpoints
     return config

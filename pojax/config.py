@@ -61,6 +61,19 @@ def is_online(config) -> bool:
     return config.loss.name in ONLINE_LOSSES or rto_ppo(config)
 
 
+def recipe(path: str) -> ml_collections.ConfigDict:
+    """The config of the recipe file at ``path`` (its ``get_config()``): how one recipe in
+    configs/ builds on another (configs/ is not a package)."""
+    import importlib.util
+    import os
+
+    name = "pojax_recipe_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The defaults every recipe starts from (a tiny random Llama on the gold-reward gym)."""
     c = ml_collections.ConfigDict()
