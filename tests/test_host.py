@@ -1,0 +1,68 @@
+"""pojax.host: a CPU run re-executes once with glibc's huge pages for large blocks, so XLA's
+per-step buffer faults in 2 MiB pages instead of 4 KiB ones."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pojax import host
+
+# Re-executes itself when pojax.host says so, then a worker thread (as XLA's) mallocs, touches and
+# frees 64 MiB twice (plain malloc: numpy would ask for huge pages itself) and prints the page
+# faults of the second block.
+_PROBE = """
+import ctypes, ctypes.util, os, resource, threading
+from pojax import host
+host.reexec_with_huge_pages()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+out = []
+def work():
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(64 * 2**20)
+        ctypes.memset(p, 1, 64 * 2**20)
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        libc.free(p)
+t = threading.Thread(target=work); t.start(); t.join()
+print(os.environ.get("GLIBC_TUNABLES", "-"), out[1])
+"""
+
+
+def _probe(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "POJAX_HOST_REEXEC")}
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+                         env={**base, "JAX_PLATFORMS": "cpu", **env}).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(host.huge_page_env({"JAX_PLATFORMS": "cpu"}) is None,
+                    reason="needs Linux, glibc >= 2.35 and transparent huge pages")
+def test_reexecuted_process_faults_large_blocks_in_huge_pages():
+    tunables, faults = _probe()
+    assert tunables == "glibc.malloc.hugetlb=1"
+    assert faults < 2048  # 64 MiB = 16,384 pages of 4 KiB, or 32 of 2 MiB
+    tunables, faults = _probe(POJAX_HOST_MALLOC="system")  # opted out: glibc's defaults
+    assert tunables == "-" and faults > 10_000
+
+
+def test_reexec_only_where_it_helps():
+    cpu = {"JAX_PLATFORMS": "cpu"}
+    env = host.huge_page_env(cpu, glibc=(2, 36), thp="madvise")
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env["POJAX_HOST_REEXEC"] == "1"
+    kept = host.huge_page_env({**cpu, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, glibc=(2, 36), thp="always")
+    assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    for environ, glibc, thp in [(env, (2, 36), "madvise"),  # already re-executed
+                                ({**cpu, "POJAX_HOST_MALLOC": "system"}, (2, 36), "madvise"),  # opted out
+                                ({"JAX_PLATFORMS": "cuda"}, (2, 36), "madvise"), ({"JAX_PLATFORMS": "tpu,cpu"}, (2, 36), "madvise"),
+                                (cpu, (2, 31), "madvise"), (cpu, (2, 36), "never")]:
+        assert host.huge_page_env(environ, glibc=glibc, thp=thp) is None, (environ, glibc, thp)
+
+
+def test_thp_mode_is_read_from_the_kernel_setting(tmp_path):
+    setting = tmp_path / "enabled"
+    setting.write_text("always [madvise] never\n")
+    assert host.transparent_huge_pages(str(setting)) == "madvise"
+    assert host.transparent_huge_pages(str(tmp_path / "missing")) is None
