@@ -32,7 +32,7 @@ print(os.environ.get("GLIBC_TUNABLES", "-"), out[1])
 
 
 def _probe(**env):
-    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "POJAX_HOST_REEXEC")}
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host._DONE_ENV)}
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
                          env={**base, "JAX_PLATFORMS": "cpu", **env}).stdout.split()
     return out[0], int(out[1])
@@ -51,7 +51,7 @@ def test_reexecuted_process_faults_large_blocks_in_huge_pages():
 def test_reexec_only_where_it_helps():
     cpu = {"JAX_PLATFORMS": "cpu"}
     env = host.huge_page_env(cpu, glibc=(2, 36), thp="madvise")
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env["POJAX_HOST_REEXEC"] == "1"
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env[host._DONE_ENV] == "1"
     kept = host.huge_page_env({**cpu, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, glibc=(2, 36), thp="always")
     assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     for environ, glibc, thp in [(env, (2, 36), "madvise"),  # already re-executed
