@@ -154,6 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sft_learning_rate = 1e-3  # peak learning rate of that SFT stage
     c.train.nan_policy = "skip"  # a non-finite loss or gradient: skip (drop the update) | stop (keep the last good checkpoint)
     c.train.export_final = True  # write the trained policy to workdir/final as HF safetensors (LoRA merged)
+    c.train.overwrite = False  # a workdir holding a run with another config: delete its outputs and start afresh
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis; -1 = the rest
@@ -184,6 +185,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 50  # steps between evaluations
     c.eval.num_examples = 64  # held-out examples per evaluation
+    c.eval.split = "held_out"  # task = "eval" on data.path: held_out (the rows training holds out: same file, train.seed, num_examples; upstream layouts: of the test split) | all (every row of the file / test split)
     c.eval.num_samples = 4  # sampled responses per prompt for gold-reward win rates
     c.eval.temperature = 1.0  # sampling temperature of those responses
     c.eval.max_new_tokens = 256  # task = "eval": tokens generated per response (win rates, GSM8K, JSONL)

@@ -1,9 +1,11 @@
 """``python -m pojax.main --config=configs/<recipe>.py [--workdir=DIR] [--config.key=value ...]``.
 
-Loads the recipe with ml_collections ``config_flags``, validates it (a bad key exits with
-status 2 and one line on stderr naming the key), prints it and writes ``DIR/config.json``.
-Tasks are dispatched from ``TASK_RUNNERS``; the trainer and the other tasks land with their
-issues, until then the run stops after validation and says so.
+Loads the recipe with ml_collections ``config_flags``, resolves the workdir (default
+``workdirs/run``) to an absolute path once, checks the config, its paths and, for a training task
+on an existing workdir, that the stored config.json allows resuming (pojax.preflight): any
+mistake exits with status 2 and one line on stderr naming the key, before a model is built.
+Then it writes ``DIR/config.json``, dispatches the task from ``TASK_RUNNERS`` and says where the
+outputs went.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from ml_collections import config_flags
 from pojax.config import ConfigError, is_online, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config(), e.g. configs/quickstart.py.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory, local or gs://bucket/path: config.json, metrics.jsonl, "
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default workdirs/run), local or gs://bucket/path: config.json, metrics.jsonl, "
                                "checkpoints/, plots/.")
 
 def _task(module: str, name: str):
@@ -52,6 +54,25 @@ TASK_RUNNERS: dict = {
 }
 
 
+def _user_errors() -> tuple:
+    """The exception classes pojax raises on bad user input (config, paths, data, checkpoints):
+    each reaches the user as one line on stderr and exit status 2."""
+    from pojax.data.formats import DataError
+    from pojax.data.packing import PackingError
+    from pojax.eval.tasks import FewShotError
+    from pojax.fs import WorkdirError
+    from pojax.models.hf_io import CheckpointError
+
+    return ConfigError, DataError, PackingError, FewShotError, WorkdirError, CheckpointError
+
+
+def _summary(config, workdir: str) -> str:
+    """The one line printed before a run starts (the whole resolved config is in config.json)."""
+    model = config.model.path or f"random {config.model.family}"
+    data = config.data.path or config.data.format
+    return f"pojax: task {config.task}, loss {config.loss.name}, model {model}, data {data}; run directory {workdir}"
+
+
 def main(argv) -> int:
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console readable
@@ -60,45 +81,79 @@ def main(argv) -> int:
     if config is None:
         print("pojax: --config is required (e.g. --config=configs/quickstart.py)", file=sys.stderr)
         return 2
-    from pojax import fs
+    from pojax import fs, preflight
 
-    try:
+    workdir = preflight.absolute_workdir(_WORKDIR.value)  # once: every task and orbax see one absolute path
+    try:  # everything a user can get wrong is checked here, before any model is built or compiled
         validate(config)
-        fs.check_workdir(_WORKDIR.value)  # gs:// without its client library fails here, not mid-run
+        fs.check_workdir(workdir)  # gs:// without its client library fails here, not mid-run
+        preflight.check_paths(config)
+        notice = preflight.drop_unused_reference(config)
     except (ConfigError, fs.WorkdirError) as e:
         print(f"pojax: {e}", file=sys.stderr)
         return 2
     from pojax.distributed import maybe_initialize
 
     maybe_initialize(config)  # before any JAX computation
-    print(config.to_json_best_effort(indent=2, sort_keys=True))
-    workdir = _WORKDIR.value
     import jax
 
-    if workdir and jax.process_index() == 0:  # process 0 writes the run's files
+    try:
+        if config.task in preflight.TRAINING_TASKS + ("eval",):
+            preflight.mesh_and_rules(config)  # the devices exist now: a mesh that does not fit them stops here
+        resumes = config.task in preflight.TRAINING_TASKS and preflight.check_resume(config, workdir)
+    except ConfigError as e:
+        print(f"pojax: {e}", file=sys.stderr)
+        return 2
+    lead = jax.process_index() == 0  # process 0 prints and writes the run's files
+    if lead:
+        if notice:
+            print(f"pojax: {notice}")
+        print(_summary(config, workdir) + (" (resuming)" if resumes else ""))
+        logging.info("config:\n%s", config.to_json_best_effort(indent=2, sort_keys=True))
         fs.makedirs(workdir)
-        fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+        fs.write_text(preflight.config_file(config, workdir), config.to_json_best_effort(indent=2, sort_keys=True))
     runner = TASK_RUNNERS.get(config.task)
     if runner is None:
         logging.warning("config is valid; task %r is not implemented yet, so nothing was run", config.task)
-        print(f"pojax: config valid; task {config.task!r} is not implemented yet (see the issue tracker)")
+        print(f"pojax: config valid; task {config.task!r} is not implemented yet")
         return 0
-    from pojax.data.formats import DataError
     from pojax.train.step import NonFiniteError
 
     try:
         runner(config, workdir)
-    except (ConfigError, DataError) as e:  # bad config or bad data: one line naming key / file, row, field
+    except _user_errors() as e:  # bad config, path, data or checkpoint: one line naming key / file, row, field
         print(f"pojax: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:  # train.nan_policy = "stop": the last good checkpoint is the latest
         print(f"pojax: {e}", file=sys.stderr)
         return 3
+    if lead:
+        print(f"pojax: outputs in {workdir}")
     return 0
 
 
+def _config_file_problem(argv) -> str | None:
+    """The one-line error for a ``--config`` recipe file that does not exist (config_flags
+    would only fail when the config is first read, with a traceback)."""
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-config") and i + 1 < len(args):
+            arg = f"--config={args[i + 1]}"
+        if arg.startswith(("--config=", "-config=")):
+            path = arg.split("=", 1)[1].split(":", 1)[0]  # config_flags: FILE[:ARGUMENT]
+            if not os.path.isfile(path):
+                return (f"pojax: --config={path}: no such file (run from the pojax checkout, or pass the recipe's "
+                        f"full path, e.g. --config=configs/quickstart.py)")
+    return None
+
+
 def _parse_flags(argv):
-    """absl's flag parsing, with a bad --config.<key> override reported in one line."""
+    """absl's flag parsing, with a bad --config.<key> override or --config file reported in one
+    line."""
+    problem = _config_file_problem(argv)
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # config_flags: an override of a key that does not exist

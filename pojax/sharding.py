@@ -78,13 +78,16 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence 
         others = [a for a in AXES if a != rest[0]]
         known = math.prod(sizes[a] for a in others)
         if len(devices) % known:
-            raise ValueError(f"mesh.{rest[0]}=-1 (the rest): {len(devices)} devices do not divide by "
-                             f"mesh.{others[0]} × mesh.{others[1]} = {known}")
+            set_axes = [a for a in others if sizes[a] > 1]
+            culprit = next((a for a in set_axes if len(devices) % sizes[a]), set_axes[0])
+            raise ValueError(f"mesh.{culprit}={sizes[culprit]}: {len(devices)} device(s) do not divide by "
+                             f"mesh.{others[0]} × mesh.{others[1]} = {known} (mesh.{rest[0]}=-1 takes the rest)")
         sizes[rest[0]] = len(devices) // known
     total = math.prod(sizes.values())
     if total != len(devices):
         product = " × ".join(f"mesh.{a}={sizes[a]}" for a in AXES)
-        raise ValueError(f"{product} = {total}, but there are {len(devices)} devices")
+        culprit = max((a for a in AXES if sizes[a] > 1), key=lambda a: sizes[a], default="data")
+        raise ValueError(f"mesh.{culprit}={sizes[culprit]}: {product} = {total}, but there are {len(devices)} devices")
     return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES, axis_types=(AxisType.Auto,) * len(AXES),
                          devices=devices)
 

@@ -179,6 +179,6 @@ def test_a_mesh_that_does_not_fit_the_devices_names_its_key_before_compiling():
     config.mesh.data, config.mesh.fsdp = 3, 1  # 8 host devices in tests
     with pytest.raises(ConfigError, match="config key mesh"):
         mesh_and_rules(config)
-    config.mesh.data, config.mesh.fsdp = -1, 3
-    with pytest.raises(ConfigError, match="config key mesh.data"):
+    config.mesh.data, config.mesh.fsdp = -1, 3  # the key the user set, not the one that takes the rest
+    with pytest.raises(ConfigError, match="config key mesh.fsdp: mesh.fsdp=3: 8 device"):
         mesh_and_rules(config)

@@ -41,9 +41,11 @@ def test_make_mesh_on_some_devices():
 
 @pytest.mark.parametrize(("sizes", "message"), [
     ({"data": -1, "fsdp": -1}, r"mesh.data and mesh.fsdp are both -1; at most one axis may be -1"),
-    ({"data": 3, "fsdp": 1, "tensor": 1}, r"mesh.data=3 × mesh.fsdp=1 × mesh.tensor=1 = 3, but there are 8 devices"),
-    ({"data": 2, "fsdp": 2, "tensor": 4}, r"= 16, but there are 8 devices"),
-    ({"data": -1, "fsdp": 3}, r"mesh.data=-1 \(the rest\): 8 devices do not divide by mesh.fsdp × mesh.tensor = 3"),
+    ({"data": 3, "fsdp": 1, "tensor": 1}, r"^mesh.data=3: mesh.data=3 × mesh.fsdp=1 × mesh.tensor=1 = 3, but there are 8 devices"),
+    ({"data": 2, "fsdp": 2, "tensor": 4}, r"^mesh.tensor=4: .*= 16, but there are 8 devices"),
+    # the key the user set is named first, not the axis that takes the rest
+    ({"data": -1, "fsdp": 3}, r"^mesh.fsdp=3: 8 device\(s\) do not divide by mesh.fsdp × mesh.tensor = 3 \(mesh.data=-1 takes"),
+    ({"data": -1, "fsdp": 2, "tensor": 3}, r"^mesh.tensor=3: 8 device"),
     ({"data": 0}, r"mesh.data must be a positive integer or -1 \(the rest\), got 0"),
     ({"tensor": -2}, r"mesh.tensor must be a positive integer or -1 \(the rest\), got -2"),
     ({"fsdp": 2.0}, r"mesh.fsdp must be a positive integer or -1 \(the rest\), got 2.0"),

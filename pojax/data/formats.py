@@ -42,11 +42,20 @@ FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
 class DataError(ValueError):
-    """A bad data row: the message names file, row and field."""
+    """A bad data row: the message names file, row and field (a row that is not valid JSON: file
+    and row, field None or "-"); a problem of the whole file (row None: missing, no data files in
+    a directory) names the file alone."""
 
-    def __init__(self, path: str, row: int, field: str, message: str):
-        super().__init__(f"{path}: row {row}: field {field!r}: {message}")
+    def __init__(self, path: str, row: int | None, field: str | None, message: str):
+        where = str(path) if row is None else f"{path}: row {row}" if field in (None, "-") else \
+            f"{path}: row {row}: field {field!r}"
+        super().__init__(f"{where}: {message}")
         self.path, self.row, self.field = path, row, field
+
+    @classmethod
+    def missing(cls, path: str) -> "DataError":
+        """``path: no such file or directory``."""
+        return cls(path, None, None, "no such file or directory")
 
 
 def read_rows(path: str) -> Iterator[tuple[str, int, dict | DataError]]:
@@ -57,7 +66,7 @@ def read_rows(path: str) -> Iterator[tuple[str, int, dict | DataError]]:
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(FILE_SUFFIXES))
         if not files:
-            raise DataError(path, 0, "-", "directory has no .jsonl, .json or .parquet file")
+            raise DataError(path, None, None, "directory has no .jsonl, .json or .parquet file")
         for f in files:
             yield from read_rows(f)
         return
@@ -237,7 +246,7 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
 def load(path: str, fmt: str, *, skip_bad_rows: bool = False) -> list[dict]:
     """All rows of ``path`` normalized; bad rows raise, or are skipped and counted."""
     if not os.path.exists(path):
-        raise DataError(path, 0, "-", "no such file or directory")
+        raise DataError.missing(path)
     rows, skipped = [], 0
     for file, i, row in read_rows(path):
         try:
@@ -252,7 +261,7 @@ def load(path: str, fmt: str, *, skip_bad_rows: bool = False) -> list[dict]:
     if skipped:
         logging.warning("%s: skipped %d bad rows of %d", path, skipped, skipped + len(rows))
     if not rows:
-        raise DataError(path, 0, "-", "no valid rows")
+        raise DataError(path, None, None, "no valid rows")
     return rows
 
 

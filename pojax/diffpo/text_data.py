@@ -68,7 +68,7 @@ def read_scored(path: str, source: str, *, score_field: str = "overall_score", s
     if source not in SOURCES[1:]:
         raise ValueError(f"diffpo: unknown trajectory source {source!r}; use {', '.join(SOURCES[1:])}")
     if not os.path.exists(path):
-        raise formats.DataError(path, 0, "-", "no such file or directory")
+        raise formats.DataError.missing(path)
     rows = []
     for file, i, row in formats.read_rows(path):
         try:
@@ -85,7 +85,7 @@ def read_scored(path: str, source: str, *, score_field: str = "overall_score", s
             continue
         rows.append(out)
     if not rows:
-        raise formats.DataError(path, 0, "-", "no valid rows")
+        raise formats.DataError(path, None, None, "no valid rows")
     return rows
 
 

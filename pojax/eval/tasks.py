@@ -83,7 +83,7 @@ def load_task(path: str, kind: str) -> list[dict]:
             row = dict(row, answer=int(answer))
         rows.append(row)
     if not rows:
-        raise DataError(path, 0, "-", "no rows")
+        raise DataError(path, None, None, "no rows")
     return rows
 
 

@@ -17,6 +17,21 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "llada")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLS = ("xla", "jax")
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def read_token_ids(d: dict) -> dict[str, Any]:
+    """The special-token ids a config.json / generation_config.json dict sets (None and absent
+    keys left out); a list of EOS ids (Llama 3.1: [128001, 128008, 128009]) becomes a tuple, so
+    the config stays hashable."""
+    out = {}
+    for key in TOKEN_ID_KEYS:
+        value = d.get(key)
+        if isinstance(value, list):
+            value = tuple(value)
+        if value is not None:
+            out[key] = value
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +60,12 @@ class ModelConfig:
       attention_impl: "xla" (pojax's explicit-mask attention, float32 softmax) or "jax"
         (jax.nn.dot_product_attention, which may dispatch to cuDNN on GPU).
       mask_token_id: the [MASK] token of a masked-diffusion LM (llada: required; 126336 for
-        LLaDA-8B); eos_token_id, pad_token_id: kept for llada's config.json round trip.
+        LLaDA-8B).
+      bos_token_id, eos_token_id (an id, or a tuple of ids that each end generation), pad_token_id:
+        the checkpoint's special tokens, carried from config.json to the exported config.json
+        (transformers and vLLM read them to start, stop and pad generation); None = not set.
+      generation_config: the checkpoint's generation_config.json as JSON text (a string keeps the
+        config hashable), written back verbatim on export; None = it had none.
     """
 
     model_type: str = "llama"
@@ -73,8 +93,10 @@ class ModelConfig:
     remat: str = "none"
     attention_impl: str = "xla"
     mask_token_id: int | None = None
-    eos_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple | None = None
     pad_token_id: int | None = None
+    generation_config: str | None = None
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -120,6 +142,10 @@ class ModelConfig:
     def window(self, layer: int) -> int | None:
         """The sliding window of a layer, or None for full causal attention."""
         return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
+
+    def token_ids(self) -> dict[str, Any]:
+        """The special-token ids that are set: {bos_token_id, eos_token_id, pad_token_id} subset."""
+        return {k: getattr(self, k) for k in TOKEN_ID_KEYS if getattr(self, k) is not None}
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -174,6 +200,7 @@ class ModelConfig:
             qk_norm=model_type == "qwen3",
             sliding_window=sliding,
             layer_types=None if layer_types is None else tuple(layer_types),
+            **read_token_ids(d),
         )
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {d.get('hidden_act')!r}; pojax's decoders use silu (SwiGLU)")
@@ -219,6 +246,7 @@ class ModelConfig:
             sliding = "sliding_attention" in self.layer_types
             d.update(use_sliding_window=sliding, sliding_window=self.sliding_window, layer_types=list(self.layer_types),
                      max_window_layers=self.layer_types.index("sliding_attention") if sliding else self.num_hidden_layers)
+        d.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.token_ids().items()})
         d["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]]
         return d

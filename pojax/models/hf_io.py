@@ -4,7 +4,8 @@
 sharded set with model.safetensors.index.json) straight into the model's (optionally mesh-
 sharded) parameters: each device reads only its own slice of each tensor, so the full model is
 never gathered on one host. ``save_pretrained(model, dir)`` writes the same layout back, which
-transformers loads unchanged. LLaDA checkpoints (config.json model_type "llada", tensors
+transformers loads unchanged, with the special-token ids and generation_config.json of the
+source checkpoint (so an export stops generating where the source model does). LLaDA checkpoints (config.json model_type "llada", tensors
 ``model.transformer.*``) load as pojax.models.llada.LLaDA and are written back in that layout.
 
 The name map is data: ``_TOP`` and ``_LAYER`` below (``_LLADA_TOP`` and ``_LLADA_LAYER`` for
@@ -31,12 +32,13 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from pojax import sharding
-from pojax.models.config import ModelConfig
+from pojax.models.config import TOKEN_ID_KEYS, ModelConfig
 from pojax.models.llada import LLaDA
 from pojax.models.transformer import CausalLM
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+GENERATION_FILE = "generation_config.json"
 # PyTorch pickle checkpoints: refused (never unpickled), with how to convert them to safetensors
 PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".pt", ".pth", ".ckpt")
 
@@ -313,15 +315,23 @@ def load_decoder(path: str, config: ModelConfig, *, mesh=None, rules=None) -> Ca
 
 
 def _read_config(path: str, **overrides) -> ModelConfig:
-    """The ModelConfig of a checkpoint dir's config.json; a LLaDA config without its mask token
-    id is refused (the reference code would silently fall back to GPT-2's 50256)."""
+    """The ModelConfig of a checkpoint dir's config.json, with its generation_config.json (kept
+    for export); a LLaDA config without its mask token id is refused (the reference code would
+    silently fall back to GPT-2's 50256)."""
     fname = os.path.join(path, "config.json")
     with open(fname) as f:
         d = json.load(f)
     if d.get("model_type") == "llada" and d.get("mask_token_id") is None:
         raise CheckpointError(f"{fname}: key 'mask_token_id' is missing or null; a LLaDA checkpoint needs the "
                               "id of its [MASK] token (126336 for GSAI-ML/LLaDA-8B)")
-    return ModelConfig.from_hf_config(d, **overrides)
+    gen = os.path.join(path, GENERATION_FILE)
+    if os.path.exists(gen):
+        with open(gen) as f:
+            overrides = {"generation_config": json.dumps(json.load(f), sort_keys=True), **overrides}
+    try:
+        return ModelConfig.from_hf_config(d, **overrides)
+    except (ValueError, KeyError, TypeError) as e:  # an unsupported family or a malformed config: name the file
+        raise CheckpointError(f"{fname}: {e}") from None
 
 
 def _fill_static(model: CausalLM | LLaDA, config: ModelConfig) -> None:
@@ -333,8 +343,28 @@ def _fill_static(model: CausalLM | LLaDA, config: ModelConfig) -> None:
         model.sliding.set_value(jnp.array([t == "sliding_attention" for t in config.layer_types]))
 
 
-def save_pretrained(model: CausalLM | LLaDA, path: str, *, max_shard_bytes: int = 5 * 2**30) -> None:
-    """Writes config.json and safetensors (sharded with an index above ``max_shard_bytes``)."""
+def hf_config_files(config: ModelConfig, *, token_ids: dict | None = None) -> tuple[dict, dict | None]:
+    """(config.json, generation_config.json or None) of an export of a model with ``config``.
+
+    config.json carries the special-token ids of ``config`` (those of the checkpoint it was read
+    from), updated by ``token_ids`` (e.g. the gym's BOS / PAD for a random model; a None there is
+    written as null, so that transformers' per-family default, Llama's EOS 2, claims nothing).
+    generation_config.json is the source checkpoint's own (``config.generation_config``: EOS
+    list, sampling defaults, verbatim) when it had one, else the token ids alone, else None.
+    """
+    hf = config.to_hf_dict()
+    hf.update({k: list(v) if isinstance(v, tuple) else v for k, v in (token_ids or {}).items()})
+    if config.generation_config is not None:
+        return hf, json.loads(config.generation_config)
+    gen = {k: hf[k] for k in TOKEN_ID_KEYS if hf.get(k) is not None}
+    return hf, gen or None
+
+
+def save_pretrained(model: CausalLM | LLaDA, path: str, *, max_shard_bytes: int = 5 * 2**30,
+                    token_ids: dict | None = None) -> None:
+    """Writes config.json and generation_config.json (``hf_config_files``: the source
+    checkpoint's token ids and generation config, ``token_ids`` on top) and safetensors (sharded
+    with an index above ``max_shard_bytes``)."""
     os.makedirs(path, exist_ok=True)
     names = name_map(model)
     tensors = {}
@@ -366,5 +396,9 @@ def save_pretrained(model: CausalLM | LLaDA, path: str, *, max_shard_bytes: int 
         total = sum(t.nbytes for t in tensors.values())
         with open(os.path.join(path, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    hf, gen = hf_config_files(model.config, token_ids=token_ids)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(model.config.to_hf_dict(), f, indent=2)
+        json.dump(hf, f, indent=2)
+    if gen is not None:
+        with open(os.path.join(path, GENERATION_FILE), "w") as f:
+            json.dump(gen, f, indent=2)

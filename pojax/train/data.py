@@ -107,7 +107,7 @@ def _read(config) -> tuple[list[dict], list[dict] | None]:
     from pojax.data import builders  # TFDS is imported only for upstream layouts
 
     if not os.path.exists(config.data.path):
-        raise formats.DataError(config.data.path, 0, "-", "no such file or directory")
+        raise formats.DataError.missing(config.data.path)
     splits = builders.prepare(fmt, config.data.path, _tfds_dir(config), skip_bad_rows=config.data.skip_bad_rows)
     train_split, test_split = UPSTREAM_SPLITS[fmt]
     if train_split not in splits:
@@ -186,28 +186,52 @@ def _subset(rows: dict, n: int, seed: int) -> dict:
     return {k: v[keep] for k, v in rows.items()}
 
 
-def file_data(config, tokenizer) -> RunData:
-    """Training rows of data.path; held out: eval.num_examples rows of the upstream test split
-    when the layout has one, else a seeded random subset of the file's rows."""
-    fmt, arrays, test = _file_arrays(config, tokenizer)
-    sft = _sft_rows(fmt, arrays) if config.train.sft_steps > 0 else None
+def split_rows(arrays: dict, test: dict | None, *, num_examples: int, seed: int) -> tuple[dict, dict | None]:
+    """(training rows, held-out rows or None) of a file's tokenized rows, the one split that
+    training (``file_data``) and evaluation (``eval_data``) share: with an upstream test split
+    ``test``, every file row trains and a seeded random ``num_examples`` of the test rows are
+    held out; else the rows in a seeded order (rng [seed, 5]) whose last ``num_examples`` are
+    held out, or none when there are at most 2 · num_examples rows."""
     if test is not None:
-        held = _subset(test, config.eval.num_examples, config.train.seed) if config.eval.num_examples > 0 else None
-        return RunData(None, sft, _prepared(arrays), _prepared(held))
-    order = np.random.default_rng([config.train.seed, 5]).permutation(len(next(iter(arrays.values()))))
-    train, held = split_eval({k: v[order] for k, v in arrays.items()}, config.eval.num_examples)
-    if held is None and config.eval.num_examples > 0:
+        return arrays, _subset(test, num_examples, seed) if num_examples > 0 else None
+    order = np.random.default_rng([seed, 5]).permutation(len(next(iter(arrays.values()))))
+    return split_eval({k: v[order] for k, v in arrays.items()}, num_examples)
+
+
+def file_data(config, tokenizer) -> RunData:
+    """Training rows of data.path; held out (``split_rows``): eval.num_examples rows of the
+    upstream test split when the layout has one, else a seeded random subset of the file's rows."""
+    fmt, arrays, test = _file_arrays(config, tokenizer)
+    train, held = split_rows(arrays, test, num_examples=config.eval.num_examples, seed=config.train.seed)
+    if held is None and test is None and config.eval.num_examples > 0:
+        n = len(next(iter(arrays.values())))
         logging.warning("%s: %d rows are too few to hold out eval.num_examples=%d (needs more than %d); "
-                        "no evaluation split", config.data.path, len(order), config.eval.num_examples,
+                        "no evaluation split", config.data.path, n, config.eval.num_examples,
                         2 * config.eval.num_examples)
     sft = _sft_rows(fmt, train) if config.train.sft_steps > 0 else None
     return RunData(None, sft, _prepared(train), _prepared(held))
 
 
-def eval_data(config, tokenizer) -> RunData:
-    """Evaluation rows (task = "eval"): the upstream test split, or every row of data.path."""
+def eval_data(config, tokenizer) -> tuple[RunData, dict]:
+    """Evaluation rows (task = "eval") of data.path and what they are: with eval.split =
+    "held_out" the rows a training run on the same file with the same train.seed and
+    eval.num_examples held out (``split_rows``: of the upstream test split for hh_rlhf /
+    ultrafeedback_binarized / kto_mix), with "all" every row of the test split or of the file.
+    The dict says which: eval_split ("held_out" | "all"), eval_source ("test split" | "file")
+    and eval_source_rows (the rows there)."""
     _, arrays, test = _file_arrays(config, tokenizer)
-    return RunData(None, None, {}, _prepared(arrays if test is None else test))
+    source = arrays if test is None else test
+    info = {"eval_split": config.eval.split, "eval_source": "file" if test is None else "test split",
+            "eval_source_rows": len(next(iter(source.values())))}
+    if config.eval.split == "all":
+        return RunData(None, None, {}, _prepared(source)), info
+    _, held = split_rows(arrays, test, num_examples=config.eval.num_examples, seed=config.train.seed)
+    if held is None:
+        raise ConfigError("eval.split", f"'held_out': {config.data.path} has {info['eval_source_rows']} rows, too few "
+                          f"for training to hold out eval.num_examples={config.eval.num_examples} (it needs more than "
+                          f"{2 * config.eval.num_examples} and eval.num_examples > 0); set eval.split=all to score "
+                          "every row")
+    return RunData(None, None, {}, _prepared(held)), info
 
 
 def sft_data(config, tokenizer) -> RunData:
@@ -251,7 +275,7 @@ def pretrain_data(config, tokenizer) -> RunData:
         ids.append(out)
         masks.append(mask)
     if not ids:
-        raise formats.DataError(config.data.path, 0, "-", "no rows")
+        raise formats.DataError(config.data.path, None, None, "no rows")
     return RunData(None, {"input_ids": np.stack(ids), "completion_mask": np.stack(masks)}, {}, None)
 
 

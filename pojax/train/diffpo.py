@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pojax import fs
+from pojax import fs, preflight
 from pojax.config import ConfigError
 from pojax.diffpo.jacobi import jacobi_refine
 from pojax.diffpo.loss import DIVERGENCES, diffpo_model_loss
@@ -195,7 +195,7 @@ def run_diffpo(config, workdir: str | None) -> dict:
     from pojax.train.run import build_model, mesh_and_rules
 
     validate_diffpo(config)
-    workdir = workdir or os.path.join("workdirs", "run")
+    workdir = preflight.absolute_workdir(workdir)
     fs.makedirs(workdir)
     d = config.diffpo
     if d.trajectory_source != "gym":

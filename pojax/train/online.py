@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from pojax import fs, losses
+from pojax import fs, losses, preflight
 from pojax.config import ConfigError, loss_hparams, rto_ppo
 from pojax.data import gym as gym_lib
 from pojax.objectives import pair_logps
@@ -178,7 +178,7 @@ def run_online(config, workdir: str | None, reward_fn: RewardFn | None = None) -
     ``reward_fn(prompts [B, P], completions [B, N]) -> [B]`` labels the pairs (default: the
     reward of ``online.reward``). A run restarted on the same workdir resumes from its latest
     checkpoint (workdir/checkpoints/train, the layout of pojax.train.loop)."""
-    workdir = workdir or os.path.join("workdirs", "run")
+    workdir = preflight.absolute_workdir(workdir)
     fs.makedirs(workdir)
     if jax.process_count() > 1:
         raise ConfigError("distributed.initialize", "the online loop runs in one process for now")

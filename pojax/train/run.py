@@ -8,20 +8,20 @@ tokenizer of ``model.path``. Both hold out ``eval.num_examples`` preference rows
 from __future__ import annotations
 
 import os
-import re
 
 import jax
 import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from pojax import fs, sharding
+from pojax import fs, preflight, sharding
 from pojax.config import ConfigError
 from pojax.data.pipeline import ArraySource, make_dataset
 from pojax.models import CausalLM, LLaDA, ModelConfig, from_pretrained, save_pretrained
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
 from pojax.train import guide as guide_lib
 from pojax.train import metrics as metrics_lib
+from pojax.train import run_spec
 from pojax.train.data import curriculum, file_data, gym_data, packed
 from pojax.train.evaluate import gold_eval, preference_evaluator
 from pojax.train.loop import run_stage
@@ -62,7 +62,8 @@ def load_tokenizer(config):
 
     path = config.data.tokenizer or config.model.path
     if not path:
-        raise ConfigError("data.tokenizer", "file data needs a tokenizer: set model.path or data.tokenizer")
+        raise ConfigError("model.path", f"data.format={config.data.format!r} needs a tokenizer: set model.path (a "
+                          "Hugging Face model directory) or data.tokenizer")
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never run a checkpoint's code (nor ask to)
 
 
@@ -74,11 +75,7 @@ def _copy(model):
 def mesh_and_rules(config):
     """(mesh, logical-axis rules) of the config; a mesh that does not fit the devices is a
     ConfigError naming mesh.<axis> (raised before anything compiles)."""
-    try:
-        return sharding.mesh_from_config(config), sharding.rules_from_config(config)
-    except ValueError as e:
-        key = re.search(r"mesh\.\w+", str(e))
-        raise ConfigError(key.group() if key else "mesh", str(e)) from None
+    return preflight.mesh_and_rules(config)
 
 
 def lora_settings(config) -> dict:
@@ -109,13 +106,28 @@ def sft_stage(model, rows: dict, config, workdir: str, mesh, rules, *, steps: in
     return model
 
 
-def export(model, config, path: str, *, lora: bool = False) -> None:
-    """The policy as a Hugging Face checkpoint dir (LoRA merged into a copy), with the
-    tokenizer of file runs."""
+def export(model, config, path: str, *, lora: bool = False, source: str | None = None) -> None:
+    """The policy as a Hugging Face checkpoint dir (LoRA merged into a copy) that transformers
+    and vLLM load and generate with as the starting checkpoint's settings say: config.json with
+    its special-token ids and its generation_config.json (both carried in model.config), and the
+    tokenizer of file runs, read from ``source`` (default: data.tokenizer or model.path; task=export
+    passes the run's spec dir, pojax.train.run_spec). A random gym model declares the gym's BOS
+    and PAD ids (its responses have a fixed length: there is no EOS to declare)."""
+    from pojax.data import gym as gym_lib
+
+    gym = config.data.format == "gym"
+    source = source or config.model.path
+    ids = None
+    if gym and not config.model.path:  # null EOS: else transformers' Llama default (2) would end on the gym's SEP
+        ids = {"bos_token_id": gym_lib.BOS, "eos_token_id": None, "pad_token_id": gym_lib.PAD}
     with fs.staged_dir(path) as local:  # a gs:// path: written locally, then uploaded
-        save_pretrained(merge_lora(_copy(model)) if lora else model, local)
-        if config.data.format != "gym":
-            load_tokenizer(config).save_pretrained(local)
+        save_pretrained(merge_lora(_copy(model)) if lora else model, local, token_ids=ids)
+        if not gym:
+            from transformers import AutoTokenizer
+
+            tokenizer = (load_tokenizer(config) if source == config.model.path
+                         else AutoTokenizer.from_pretrained(source, trust_remote_code=False))
+            tokenizer.save_pretrained(local)
 
 
 def write_plots(workdir: str) -> None:
@@ -148,7 +160,7 @@ def packed_dataset(rows: dict, config, rows_per_batch: int, seed: int):
 def run_train(config, workdir: str | None) -> dict:
     """SFT stage (train.sft_steps > 0) → preference optimization with evaluation every
     eval.every_steps → final evaluation, export, plots and results.json."""
-    workdir = workdir or os.path.join("workdirs", "run")
+    workdir = preflight.absolute_workdir(workdir)
     fs.makedirs(workdir)
     name = config.loss.name
     tgdpo = isinstance(name, str) and "tgdpo" in [p.strip() for p in name.split("+")]
@@ -158,6 +170,7 @@ def run_train(config, workdir: str | None) -> dict:
     data = gym_data(config) if gym else file_data(config, load_tokenizer(config))
     mesh, rules = mesh_and_rules(config)
     model = build_model(config, data.vocab_size, mesh, rules)
+    run_spec.save(workdir, model.config, config)  # what task=export needs besides the checkpoints
     seed, bs = config.train.seed, check_batch(config)
     if data.sft is not None:
         model = sft_stage(model, data.sft, config, workdir, mesh, rules, steps=config.train.sft_steps,

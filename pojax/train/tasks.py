@@ -2,9 +2,11 @@
 
   sft     fine-tune on the gym's SFT set or on the chosen / desirable completions of data.path
           for train.max_steps steps at optimizer.learning_rate; exports workdir/final.
-  eval    the policy of model.path against the reference of reference.path on every row of
-          data.path (TRL's eval_* metrics) or, on the gym, the gold-reward win rate.
-  export  the latest (or best) checkpoint of a --workdir → Hugging Face safetensors.
+  eval    the policy of model.path against the reference of reference.path on the rows of
+          data.path that training held out (eval.split=all: every row; TRL's eval_* metrics) or,
+          on the gym, the gold-reward win rate.
+  export  the latest (or best) checkpoint of a --workdir → Hugging Face safetensors; the run's
+          settings come from the workdir (pojax.train.run_spec), nothing else is needed.
 Each writes results.json.
 """
 from __future__ import annotations
@@ -16,14 +18,15 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pojax import fs
+from pojax import fs, preflight, sharding
 from pojax.config import ConfigError
 from pojax.data import gym as gym_lib
 from pojax.losses import needs_reference
 from pojax.objectives import initial_loss_state
-from pojax.models import from_pretrained
+from pojax.models import CausalLM, LLaDA, from_pretrained
 from pojax.models.lora import apply_lora
 from pojax.train import metrics as metrics_lib
+from pojax.train import run_spec
 from pojax.train.checkpoint import Checkpoints
 from pojax.train.data import eval_data, gym_data, pretrain_data, sft_data
 from pojax.train.evaluate import gold_eval, preference_eval
@@ -33,7 +36,7 @@ from pojax.train.step import init_state
 
 
 def _workdir(workdir: str | None) -> str:
-    workdir = workdir or os.path.join("workdirs", "run")
+    workdir = preflight.absolute_workdir(workdir)
     fs.makedirs(workdir)
     return workdir
 
@@ -49,6 +52,7 @@ def run_sft(config, workdir: str | None, *, task: str = "sft") -> dict:
     data = pretrain_data(config, tokenizer) if task == "pretrain" else sft_data(config, tokenizer)
     mesh, rules = mesh_and_rules(config)
     model = build_model(config, data.vocab_size, mesh, rules)
+    run_spec.save(workdir, model.config, config)  # what task=export needs besides the checkpoints
     start = build_model(config, data.vocab_size, mesh, rules) if gym else None  # the untrained policy
     model = sft_stage(model, data.sft, config, workdir, mesh, rules, steps=config.train.max_steps,
                       learning_rate=config.optimizer.learning_rate, name=task)
@@ -217,13 +221,18 @@ def _markdown(results: dict) -> str:
     return "| metric | value |\n|---|---|\n" + rows + "\n"
 
 
+EVAL_SPLITS = ("held_out", "all")  # eval.split: which rows of data.path task=eval scores
+
+
 def run_eval(config, workdir: str | None) -> dict:
-    """Whatever the config asks for: preference metrics on data.path (or the gym's gold-reward
-    win rate), judged and / or reward-model win rates on eval.prompts_path, task accuracy on
-    eval.gsm8k_path / mmlu_path / jsonl_path (eval.num_fewshot solved examples first). A
-    masked-diffusion policy (llada) generates with LLaDA's reverse process: eval.gsm8k_* and
-    eval.mmlu_* settings for those tasks (MMLU generative, as it has no next-token
-    distribution), eval.diffusion_* otherwise. Writes results.json and results.md."""
+    """Whatever the config asks for: preference metrics on data.path (eval.split: the rows a
+    training run held out, or all of them; results.json says which in eval_split, eval_source,
+    eval_source_rows) or the gym's held-out pairs and gold-reward win rate, judged and / or
+    reward-model win rates on eval.prompts_path, task accuracy on eval.gsm8k_path / mmlu_path /
+    jsonl_path (eval.num_fewshot solved examples first). A masked-diffusion policy (llada)
+    generates with LLaDA's reverse process: eval.gsm8k_* and eval.mmlu_* settings for those tasks
+    (MMLU generative, as it has no next-token distribution), eval.diffusion_* otherwise. Writes
+    results.json and results.md."""
     from pojax.eval.generation import diffusion_mask_id
     from pojax.eval.tasks import FewShotError, run_task
 
@@ -242,6 +251,8 @@ def run_eval(config, workdir: str | None) -> dict:
         raise ConfigError("eval.prompts_path", "eval.reward_model_path scores responses to eval.prompts_path: set it")
     if e.num_fewshot < 0:
         raise ConfigError("eval.num_fewshot", f"must be >= 0, got {e.num_fewshot}")
+    if e.split not in EVAL_SPLITS:
+        raise ConfigError("eval.split", f"{e.split!r} is not one of {', '.join(EVAL_SPLITS)}")
     mesh, rules = mesh_and_rules(config)
     policy = build_model(config, None, mesh, rules)
     diffusion = diffusion_mask_id(policy) is not None
@@ -262,7 +273,8 @@ def run_eval(config, workdir: str | None) -> dict:
             if reference is not None:
                 results.update(gold_eval(data.gym, policy, reference, config))
         else:
-            data = eval_data(config, tokenizer)
+            data, split_info = eval_data(config, tokenizer)
+            results.update(split_info)
         if data.held_out is not None:
             loss_state = initial_loss_state(config.loss.name)
             results.update(preference_eval(policy, reference, data.held_out, config, loss_state=loss_state))
@@ -292,8 +304,32 @@ def run_eval(config, workdir: str | None) -> dict:
 
 
 def run_export(config, workdir: str | None) -> dict:
+    """The latest (or best, export.checkpoint) checkpoint of ``workdir``'s stage export.stage
+    as a Hugging Face dir (export.path, default workdir/final). The network, loss, reference and
+    optimizer settings are the run's own, read from its spec (pojax.train.run_spec), so nothing
+    but the workdir is needed; a workdir without one (an older pojax) is rebuilt from this
+    config's model.* instead."""
     if not workdir:
         raise ConfigError("export", "task 'export' needs --workdir (the run whose checkpoint to export)")
+    with run_spec.load(workdir, config) as spec:
+        if spec is None and config.data.format != "gym" and not config.model.path:
+            raise ConfigError("model.path", f"{run_spec.spec_dir(workdir)} is missing (training runs write it at "
+                              "start-up), so the network of the checkpoints is unknown: set model.path to the run's "
+                              "starting Hugging Face checkpoint dir")
+        return _export(spec.config if spec is not None else config, workdir, spec)
+
+
+def _skeleton(config, spec, mesh, rules):
+    """The network whose parameters the checkpoints hold (random values, to be restored)."""
+    if spec is not None:
+        mc = spec.model_config
+        model = (LLaDA if mc.model_type == "llada" else CausalLM)(mc, rngs=nnx.Rngs(0))
+        return model if mesh is None else sharding.shard_module(model, mesh, rules)
+    vocab = gym_lib.from_config(config).vocab_size if config.data.format == "gym" else None
+    return build_model(config, vocab, mesh, rules)
+
+
+def _export(config, workdir: str, spec) -> dict:
     stage = config.export.stage or ("train" if fs.isdir(os.path.join(workdir, "checkpoints", "train")) else "sft")
     best = config.export.checkpoint == "best"
     directory = os.path.join(workdir, "checkpoints", stage + ("_best" if best else ""))
@@ -302,9 +338,8 @@ def run_export(config, workdir: str | None) -> dict:
     if step is None:
         ckpt.close()
         raise ConfigError("export.checkpoint", f"no {config.export.checkpoint} checkpoint in {directory}")
-    vocab = gym_lib.from_config(config).vocab_size if config.data.format == "gym" else None
     mesh, rules = mesh_and_rules(config)
-    model = build_model(config, vocab, mesh, rules)
+    model = _skeleton(config, spec, mesh, rules)
     lora = stage == "train" and config.reference.mode == "lora_base"
     trainable = nnx.Param
     if lora:
@@ -321,7 +356,7 @@ def run_export(config, workdir: str | None) -> dict:
     ckpt.close()
     nnx.update(model, jax.tree.map(lambda x: x, restored))
     path = config.export.path or os.path.join(workdir, "final")
-    export(model, config, path, lora=lora)
+    export(model, config, path, lora=lora, source=spec.path if spec is not None and config.data.format != "gym" else None)
     results = {"task": "export", "stage": stage, "checkpoint": config.export.checkpoint, "step": int(step), "path": path}
     logging.info("exported %s", results)
     return results

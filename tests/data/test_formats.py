@@ -71,7 +71,7 @@ def test_unreadable_inputs(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load(str(tmp_path / "nope.jsonl"), "paired")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "p"\n')
-    with pytest.raises(DataError, match="bad.jsonl: row 0: field '-': not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl: row 0: not valid JSON"):
         load(str(tmp_path / "bad.jsonl"), "paired")
 
 

@@ -101,7 +101,7 @@ def test_misuse_is_named(tmp_path):
     with pytest.raises(ValueError, match="max_states must be >= 1, got 0"):
         training_rows(read_scored(path, "ranked"), make_tokenizer(), max_prompt_length=4, max_completion_length=4,
                       max_states=0, chat=False)
-    with pytest.raises(DataError, match="bad.jsonl: row 0: field '-': not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl: row 0: not valid JSON"):
         read_scored(str(_write_text(tmp_path / "bad.jsonl", "{oops\n")), "ranked")
     config = _config()
     config.eval.num_examples = 2

@@ -53,7 +53,7 @@ def test_file_data_errors(hf_dir, tmp_path):
 
     with pytest.raises(ConfigError, match="config key data.path"):
         run_train(recipe("dpo", **SMALL, **{"model.path": hf_dir}), str(tmp_path))
-    with pytest.raises(DataError, match="missing_dir: row 0: field '-': no such file or directory"):
+    with pytest.raises(DataError, match=r"missing_dir: no such file or directory$"):
         run_train(recipe("dpo", **SMALL, **{"model.path": hf_dir, "data.format": "hh_rlhf",
                                             "data.path": str(tmp_path / "missing_dir")}), str(tmp_path))
 

@@ -12,11 +12,12 @@ from safetensors.numpy import load_file
 from pojax.train.run import run_train
 from pojax.train.tasks import run_eval, run_export, run_sft
 from pojax.train.tensorboard import crc32c, masked_crc32c
-from tests.train.helpers import quick_config, read_jsonl, run_main
+from tests.train.helpers import quick_config, read_jsonl, run_main, warmup_cosine
 
 RUN = {"train.sft_steps": 0, "train.max_steps": 10, "train.batch_size": 16, "eval.every_steps": 3,
        "eval.num_examples": 32, "checkpoint.every_steps": 5, "checkpoint.best_metric": "eval_loss",
-       "checkpoint.keep_best": 1, "data.gym.num_eval": 16, "eval.num_samples": 2, "optimizer.learning_rate": 3e-3}
+       "checkpoint.keep_best": 1, "data.gym.num_eval": 16, "eval.num_samples": 2, "optimizer.learning_rate": 3e-3,
+       "data.gym.num_train": 64}  # 10 steps of 16 pairs: 2.5 passes over the training pairs
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +76,32 @@ def test_tensorboard_events_equal_metrics_jsonl(run_dir):
     events = read_events(logdir / files[0])
     assert events[0].file_version == "brain.Event:2"
     by_step = {e.step: {v.tag: v.simple_value for v in e.summary.value} for e in events[1:]}
-    for row in read_jsonl(workdir / "metrics.jsonl"):
-        assert by_step[row["step"]]["loss"] == pytest.approx(row["loss"], rel=1e-6)
-        assert by_step[row["step"]]["rewards/accuracies"] == pytest.approx(row["rewards/accuracies"], rel=1e-6)
+    rows = read_jsonl(workdir / "metrics.jsonl")
+    assert sorted(by_step) == [r["step"] for r in rows]
+    for row in rows:
+        # transformers' TensorBoardCallback groups: eval_<name> → eval/<name>, the rest train/<name>
+        want = {("eval/" + k[5:] if k.startswith("eval_") else "train/" + k): v for k, v in row.items()
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert by_step[row["step"]].keys() == want.keys()
+        for tag, v in want.items():
+            assert by_step[row["step"]][tag] == pytest.approx(v, rel=1e-6), tag
+    tags = set().union(*by_step.values())
+    assert {"train/loss", "train/rewards/accuracies", "train/learning_rate", "train/epoch", "eval/loss",
+            "eval/rewards/accuracies"} <= tags
+    assert not {"loss", "eval_loss", "train/eval_loss"} & tags
+
+
+def test_learning_rate_and_epoch_on_every_line(run_dir):
+    workdir, _ = run_dir
+    rows = read_jsonl(workdir / "metrics.jsonl")
+    steps, batch, peak = RUN["train.max_steps"], RUN["train.batch_size"], RUN["optimizer.learning_rate"]
+    warmup = quick_config().optimizer.warmup_steps
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    for r in rows:
+        assert r["learning_rate"] == pytest.approx(warmup_cosine(r["step"] - 1, peak, warmup, steps), rel=1e-6,
+                                                    abs=1e-6 * peak)
+        assert r["epoch"] == pytest.approx(r["step"] * batch / RUN["data.gym.num_train"], rel=1e-12)
+    assert rows[-1]["epoch"] == 2.5 and rows[-1]["learning_rate"] == pytest.approx(peak, rel=1e-6)
 
 
 def test_eval_during_training_and_best_checkpoint(run_dir):
@@ -122,6 +146,13 @@ def test_sft_task_raises_the_gold_reward(tmp_path):
                              "data.gym.num_eval": 32, "eval.num_samples": 2, "logging.plots": False})
     results = run_sft(config, str(tmp_path))
     assert results["gold_reward_after"] > results["gold_reward_before"] + 0.1, results
+    rows = read_jsonl(tmp_path / "metrics_sft.jsonl")  # the SFT stage logs TRL's learning_rate and epoch too
+    o, t = config.optimizer, config.train
+    assert [r["step"] for r in rows] == list(range(1, 201))
+    for r in rows:
+        assert r["learning_rate"] == pytest.approx(warmup_cosine(r["step"] - 1, 2e-3, o.warmup_steps, 200),
+                                                    rel=1e-6, abs=1e-6 * 2e-3)  # float32 of values up to the peak
+        assert r["epoch"] == pytest.approx(r["step"] * t.batch_size / config.data.gym.num_train, rel=1e-12)
     assert os.path.exists(tmp_path / "final" / "model.safetensors")
 
 

@@ -109,7 +109,7 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             raise TypeError(f"{type(self).__name__} needs the source file or directory")
         source = os.path.abspath(os.path.expanduser(source))
         if not os.path.exists(source):
-            raise DataError(source, 0, "-", "no such file or directory")
+            raise DataError.missing(source)
         if fmt not in formats.FORMATS:
             raise ValueError(f"unknown format {fmt!r}; known: {', '.join(formats.FORMATS)}")
         files = tuple((split, tuple(f)) for split, f in self._split_files(source).items() if f)

@@ -33,6 +33,6 @@ class LocalPreference(PreferenceBuilder, skip_registration=True):
             return {"train": files}
         stray = [f for f in files if split(f) is None]
         if stray:
-            raise DataError(stray[0], 0, "-", "the directory has train*/test* files, but this file's name "
+            raise DataError(stray[0], None, None, "the directory has train*/test* files, but this file's name "
                             "starts with neither; rename it or move it out")
         return {s: [f for f in files if split(f) == s] for s in self.SPLITS}

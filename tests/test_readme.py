@@ -1,0 +1,102 @@
+"""README's two commands, run verbatim as a new user runs them: in a fresh copy of the repository
+(every file git tracks or would track), from that copy as the working directory, with no
+``--workdir``, in a new virtual environment.
+
+The new environment sees this one's site-packages through a .pth file, so that ``pip install -e
+.`` finds every dependency installed and only installs pojax itself (no download, no rebuild of
+torch); the command text is README's, character for character.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NESTED = "POJAX_README_NESTED"  # set in the nested test run: never recurse into this file
+
+
+def readme_block(heading: str) -> str:
+    """The first ```bash block after ``heading`` in README.md, as one command line."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start = text.index(heading)
+    block = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+    return " ".join(line.rstrip("\\").strip() for line in block.strip().splitlines())
+
+
+def fresh_copy(dest) -> str:
+    """The repository's files as a clone would hold them (tracked and untracked-not-ignored:
+    what this checkout would commit), copied to ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = os.path.join(ROOT, name)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, name))
+    return str(dest)
+
+
+def new_venv(path) -> dict:
+    """A virtual environment at ``path`` that sees this interpreter's packages; the environment
+    variables that activate it."""
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    site = subprocess.run([os.path.join(path, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "outer_env.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "XLA_FLAGS")}
+    env.update(VIRTUAL_ENV=str(path), PATH=f"{os.path.join(path, 'bin')}:{env.get('PATH', '')}", PIP_NO_INPUT="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    if os.environ.get(NESTED):
+        pytest.skip("inside README's test command run by this file")
+    base = tmp_path_factory.mktemp("readme")
+    return fresh_copy(base / "pojax"), new_venv(base / "venv")
+
+
+def test_readme_commands_are_the_documented_ones():
+    install_run = readme_block("## Install and run")
+    assert install_run == "pip install -e . && python -m pojax.main --config=configs/quickstart.py"
+    test_cmd = readme_block("## Tests")
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    assert test_cmd == 'pip install -e ".[test]" && python -m pytest -q -n 2 tests'
+    assert test_cmd in ci.splitlines()  # .ci/run runs exactly README's test command
+
+
+def test_readme_first_command_verbatim(clone):
+    repo, env = clone
+    command = readme_block("## Install and run")
+    proc = subprocess.run(["bash", "-c", command], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    workdir = os.path.join(repo, "workdirs", "run")  # the default --workdir, relative to where it ran
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    assert results["gold_win_rate"] >= 0.75 and results["gold_reward_after"] > results["gold_reward_before"], results
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "train"))) == ["100", "200"]
+    assert f"pojax: outputs in {workdir}" in proc.stdout.splitlines()
+    lines = proc.stdout.splitlines()  # pip's lines, then pojax's
+    ours = lines[next(i for i, l in enumerate(lines) if l.startswith("pojax: task train"))]
+    assert len(lines) - lines.index(ours) < 40, proc.stdout  # a summary line and the results, not a config dump
+    # the same command again resumes the finished run: nothing retrained, same results
+    again = subprocess.run(["bash", "-c", command], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(resuming)" in again.stdout
+    assert json.load(open(os.path.join(workdir, "results.json")))["gold_win_rate"] == results["gold_win_rate"]
+
+
+def test_readme_test_command_verbatim(clone):
+    """README's test command, verbatim, on one quick test (PYTEST_ADDOPTS narrows what the
+    nested pytest collects; the whole suite is what CI runs with the same line)."""
+    repo, env = clone
+    env = dict(env, **{NESTED: "1", "PYTEST_ADDOPTS": "-k test_kto_at_reference_is_half_the_weight"})
+    proc = subprocess.run(["bash", "-c", readme_block("## Tests")], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"\b1 passed\b", proc.stdout), proc.stdout[-2000:]
