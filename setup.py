@@ -27,5 +27,6 @@ setup(
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "trl", "nbclient", "nbformat", "ipykernel"],
         "tpu": ["jax[tpu]", "gcsfs", "google-cloud-storage"],  # gs:// workdirs: epath (gcsfs) and orbax (google-cloud-storage)
         "cuda": ["jax[cuda12]"],
+        "tensorboard": ["tensorboard"],  # the viewer of workdir/tensorboard (pojax writes the event files itself)
     },
 )

@@ -53,13 +53,20 @@ def _metrics(logps: UnpairedLogps, rewards) -> dict:
     }
 
 
-def kto_z0(logps: UnpairedLogps):
-    """KTO's reference point z0 = max(0, mean_B[log π(y'|x) - log π_ref(y'|x)]), no gradient.
+def kto_kl_estimate(logps: UnpairedLogps):
+    """KTO's KL estimate before clamping: mean_B[log π(y'|x) - log π_ref(y'|x)], no gradient.
 
     y' is a mismatched completion (TRL pairs each prompt with the previous row's completion).
-    The mean runs over the batch given (TRL: over all processes). Scalar float32.
+    The mean runs over the batch given (TRL: over all processes). Scalar float32. Unlike
+    KL(π ‖ π_ref) it can be negative (y' is not drawn from π): once training lowers the
+    likelihood of off-prompt completions it stays below 0 and the clamped z0 sits at 0.
     """
-    return jax.lax.stop_gradient(jnp.maximum(jnp.mean(logps.kl - logps.ref_kl), 0.0))
+    return jax.lax.stop_gradient(jnp.mean(logps.kl - logps.ref_kl))
+
+
+def kto_z0(logps: UnpairedLogps):
+    """KTO's reference point z0 = max(0, ``kto_kl_estimate``) (Eq. 8), no gradient. Scalar float32."""
+    return jnp.maximum(kto_kl_estimate(logps), 0.0)
 
 
 KTO_REFERENCE_POINTS = ("kl", "batch_mean", "zero")
@@ -91,7 +98,9 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
       authors' all_reduce does.
     - ``"zero"``: z0 = 0.
 
-    Metrics: TRL's, ``kl`` (= z0 whatever its kind), and the saturation fractions
+    Metrics: TRL's, ``kl`` (= z0 whatever its kind; TRL's clamped value for "kl"),
+    ``kl/unclamped`` (``kto_kl_estimate``, whenever ``kl`` / ``ref_kl`` are given: it moves
+    with the policy where the clamped z0 stays at 0), and the saturation fractions
     ``abs_beta_s/frac>6`` / ``abs_beta_s/frac>8`` of |β(r - z0)|.
     """
     if kto_reference_point not in KTO_REFERENCE_POINTS:
@@ -112,6 +121,8 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
     )
     metrics = _metrics(logps, beta * r)
     metrics["kl"] = z0
+    if logps.kl is not None and logps.ref_kl is not None:
+        metrics["kl/unclamped"] = kto_kl_estimate(logps)
     metrics.update(_saturation(beta * (r - z0)))
     return LossOutput(loss=loss, metrics=metrics)
 

@@ -35,12 +35,39 @@ def reference_logps(reference, rows: dict, *, batch_size: int, chunk_size: int,
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
+def metric_rows(name: str, batch: dict) -> int:
+    """How many rows of ``batch`` the batch metric ``name`` averages over, its weight across
+    evaluation batches: for unpaired rows (a ``label`` [B] column) a ``*/chosen`` metric averages
+    over the desirable rows and a ``*/rejected`` one over the undesirable rows (TRL's KTOTrainer
+    divides its sums by these counts); every other metric over all B rows."""
+    n = len(next(iter(batch.values())))
+    if "label" not in batch:
+        return n
+    desirable = int(np.sum(np.asarray(batch["label"], bool)))
+    return {"chosen": desirable, "rejected": n - desirable}.get(name.rsplit("/", 1)[-1], n)
+
+
+def unpaired_margins(out: dict, prefix: str = "eval_") -> dict:
+    """``out`` with rewards/margins = rewards/chosen − rewards/rejected of the whole set (TRL's
+    KTO margins: the desirable rows' mean reward minus the undesirable rows'). A per-batch
+    margin is NaN in any batch holding one label only (the gym's held-out rows come all
+    desirable, then all undesirable: in the quickstarts every batch holds one label), so
+    averaging per-batch margins can give no figure."""
+    chosen, rejected = out.get(f"{prefix}rewards/chosen"), out.get(f"{prefix}rewards/rejected")
+    if chosen is None or rejected is None:
+        return out
+    return dict(out, **{f"{prefix}rewards/margins": chosen - rejected})
+
+
 def preference_evaluator(config, *, lora_base: bool = False, mask_id: int | None = None,
                          completion_width: int | None = None):
     """``evaluate(policy, reference, rows, loss_state=None) -> {eval_*: value}``: mean loss and
     TRL metrics of ``policy`` on ``rows`` (example-weighted over batches of the micro-batch
     size), as TRL's evaluation names them: eval_loss, eval_rewards/accuracies, ... One jitted
-    program serves every call; ``mask_id`` evaluates a diffusion run on ELBOs.
+    program serves every call; ``mask_id`` evaluates a diffusion run on ELBOs. Unpaired rows'
+    ``*/chosen`` / ``*/rejected`` metrics are means over the desirable / undesirable rows of the
+    whole set (``metric_rows``) and eval_rewards/margins their difference (``unpaired_margins``),
+    whatever labels each batch holds.
 
     The reference is a model, or None when the rows carry precomputed reference values or the
     loss is reference-free; ``lora_base`` uses the policy with its adapters off. A running loss
@@ -78,12 +105,15 @@ def preference_evaluator(config, *, lora_base: bool = False, mask_id: int | None
             for k, v in dict(metrics, loss=loss).items():
                 totals.setdefault(k, 0.0)
                 weights.setdefault(k, 0)
-                if np.isfinite(float(v)):  # e.g. KTO's rewards/chosen of a batch without desirable rows
-                    totals[k] += float(v) * m
-                    weights[k] += m
+                w = metric_rows(k, b)
+                if w and np.isfinite(float(v)):  # e.g. KTO's rewards/chosen of a batch without desirable rows
+                    totals[k] += float(v) * w
+                    weights[k] += w
             count += m
         out = ({f"eval_{k}": (v / weights[k] if weights[k] else float("nan")) for k, v in totals.items()}
                | {"eval_num_examples": count})
+        if "label" in rows:
+            out = unpaired_margins(out)
         if halves is not None:
             out["eval_loss_mc_stderr"] = diff_obj.mc_stderr(diff_sq, count)
         return out

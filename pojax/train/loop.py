@@ -21,6 +21,7 @@ from pojax.config import ConfigError
 from pojax.data.pipeline import make_iterator, restore_iterator
 from pojax.train.checkpoint import Checkpoints
 from pojax.train.metrics import MetricsWriter
+from pojax.train.optim import current_learning_rate
 from pojax.train.step import NonFiniteError, init_state, make_train_step
 
 _BAR_KEYS = (("loss", "loss"), ("rewards/accuracies", "acc"), ("tokens_per_s", "tok/s"))
@@ -84,19 +85,51 @@ class BatchSource(Protocol):
     def close(self) -> None: ...
 
 
+def batches_per_epoch(dataset) -> float | None:
+    """Global micro-batches per pass over the source of ``dataset`` (a pipeline of
+    pojax.data.pipeline.make_dataset): the source's length over the source items in one global
+    micro-batch, or None where that count is not plain (a transform that reshapes the items, a
+    mix of sources).
+
+    The items in a host micro-batch are its array sizes over those of one source item, key by
+    key: B/H for rows batched by make_dataset, 1 for packed batches (pojax.train.run's
+    packed_dataset stacks whole batches, so there an epoch is one pass over the packed batches,
+    i.e. over the pairs, which each appear once in them)."""
+    root = dataset
+    while root.parents:
+        if len(root.parents) > 1:
+            return None
+        root = root.parents[0]
+    item, batch = root[0], dataset[0]
+    if not isinstance(item, dict):
+        return None
+    ratios = {np.size(batch[k]) / np.size(item[k]) for k in batch.keys() & item.keys() if np.size(item[k])}
+    if len(ratios) != 1:
+        return None
+    per_batch = ratios.pop()
+    return len(root) / (per_batch * jax.process_count()) if per_batch.is_integer() else None
+
+
 class DatasetBatches:
     """The micro-batches of a grain pipeline (pojax.data.pipeline.make_dataset), read through a
-    prefetching iterator whose position is saved in every checkpoint."""
+    prefetching iterator whose position is saved in every checkpoint. Each batch comes with the
+    metric ``epoch``: passes over the source read so far, a float (TRL's ``epoch``)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
         self.iterator = make_iterator(dataset)
+        self.batches_per_epoch = batches_per_epoch(dataset)
 
     def example(self) -> dict:
         return self.dataset[0]  # random access: does not move the iterator
 
     def next(self, step: int, policy: Callable) -> tuple[dict, dict]:
-        return next(self.iterator), {}
+        batch = next(self.iterator)
+        if self.batches_per_epoch is None:
+            return batch, {}
+        # the iterator's position (batches returned, restored on resume): (step + 1)·k after the
+        # last micro-batch of step ``step``
+        return batch, {"epoch": self.iterator.get_state()["next_index"] / self.batches_per_epoch}
 
     def seek(self, index: int) -> None:
         restore_iterator(self.iterator, {"next_index": index})
@@ -141,6 +174,11 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
 
     ``on_step(step, state, metrics) -> (state, extra metrics)`` runs after each optimizer step,
     before it is logged or saved (OFS-DPO's swap of its fast and slow modules, pojax.train.ofs).
+
+    Each logged line carries TRL's ``learning_rate`` (of the step's update, read from the
+    optimizer state of pojax.train.optim.make_optimizer; absent for an optimizer without one)
+    and, for a ``dataset``, ``epoch`` (passes over its rows, ``batches_per_epoch``). Both come
+    from checkpointed state, so a resumed run logs the values of an uninterrupted one.
     """
     graphdef, params, frozen = nnx.split(model, trainable, ...)
     ref_graphdef, ref_state = (None, None) if reference is None else nnx.split(reference)
@@ -218,6 +256,9 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
                 eval_metrics = eval_fn(nnx.merge(graphdef, state.params, frozen), state.loss_state)
                 metrics.update(eval_metrics)
             if (step + 1) % config.logging.every_steps == 0 or last or evaluated:
+                lr = current_learning_rate(state.opt_state)
+                if lr is not None:
+                    metrics["learning_rate"] = float(jax.device_get(lr))
                 writer.write(step + 1, metrics)
             if best is not None and evaluated:
                 if best_metric not in eval_metrics:

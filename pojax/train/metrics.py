@@ -8,7 +8,7 @@ import math
 import time
 
 from pojax import fs
-from pojax.train.tensorboard import EventWriter
+from pojax.train.tensorboard import EventWriter, tag
 
 PLOTS = (
     ("loss", ("loss",)),
@@ -29,7 +29,8 @@ def is_primary() -> bool:
 
 class MetricsWriter:
     """Appends one JSON object per step to ``workdir/metrics.jsonl`` (resumes append) and, with
-    ``tensorboard`` set, the same scalars to TensorBoard events in workdir/tensorboard/<name>.
+    ``tensorboard`` set, the same scalars to TensorBoard events in workdir/tensorboard/<name>,
+    tagged ``train/<key>`` and ``eval/<key without eval_>`` (pojax.train.tensorboard.tag).
     In a multi-host run only process 0 writes.
 
     A local file is appended to at every ``write``. A remote one (gs://; objects cannot be
@@ -63,7 +64,7 @@ class MetricsWriter:
             with open(self.path, "a") as f:
                 f.write(line)
         if self.events is not None:
-            self.events.scalars(step, {k: v for k, v in row.items() if k != "step"})
+            self.events.scalars(step, {tag(k): v for k, v in row.items() if k != "step"})
         if self.remote and time.monotonic() - self._flushed_at >= self.flush_every_s:
             self.flush()
 

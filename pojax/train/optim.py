@@ -1,7 +1,12 @@
 """The optax optimizer of a run config: AdamW with warm-up then cosine / linear / constant,
-global-norm clipping and gradient accumulation (optax.MultiSteps)."""
+global-norm clipping and gradient accumulation (optax.MultiSteps). The learning rate of the
+latest update rides in the optimizer state (optax.inject_hyperparams), where the training loop
+reads it for its ``learning_rate`` metric: it is checkpointed with the rest, so a resumed run
+logs the same values."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -22,13 +27,36 @@ def schedule(config, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
+def _adamw(learning_rate, *, b1: float, b2: float, weight_decay: float) -> optax.GradientTransformation:
+    # learning_rate is the injected float32 value of this update; handing it to adamw as a
+    # schedule keeps optax's scale_by_schedule path, which casts it to each update's dtype (a
+    # bare array would promote bfloat16 updates to float32)
+    return optax.adamw(lambda count: learning_rate, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay)
+
+
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     o = config.optimizer
     parts = []
     if o.max_grad_norm and o.max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(o.max_grad_norm))
-    parts.append(optax.adamw(schedule(config, total_steps), b1=o.b1, b2=o.b2, eps=1e-8, weight_decay=o.weight_decay))
+    adamw = optax.inject_hyperparams(_adamw, static_args=("b1", "b2", "weight_decay"), hyperparam_dtype=jnp.float32)
+    parts.append(adamw(schedule(config, total_steps), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
     tx = optax.chain(*parts)
     if config.train.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.train.grad_accum_steps)
     return tx
+
+
+def current_learning_rate(opt_state) -> jax.Array | None:
+    """The learning rate of the latest update in a state of ``make_optimizer``'s optimizer
+    (possibly inside a larger chain), or None for a state without an injected one.
+
+    optax.inject_hyperparams stores the value it used at each update, so this is
+    schedule(updates applied - 1), and schedule(0) before the first update. A step that skipped
+    its update (non-finite gradients, pojax.train.step) keeps the previous value, as it keeps
+    the update count."""
+    is_injected = lambda x: isinstance(x, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))
+    for node in jax.tree.leaves(opt_state, is_leaf=is_injected):
+        if is_injected(node) and "learning_rate" in node.hyperparams:
+            return node.hyperparams["learning_rate"]
+    return None

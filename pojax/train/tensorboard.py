@@ -79,6 +79,14 @@ def encode_event(step: int, wall_time: float, scalars: dict[str, float] | None =
     return out
 
 
+def tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.jsonl key, grouped as transformers' TensorBoardCallback
+    groups TRL's logs (``rewrite_logs``): ``eval_loss`` → ``eval/loss``, ``eval_rewards/margins``
+    → ``eval/rewards/margins``, anything else under ``train/`` (``train/loss``,
+    ``train/learning_rate``)."""
+    return "eval/" + key[len("eval_"):] if key.startswith("eval_") else "train/" + key
+
+
 def record(payload: bytes) -> bytes:
     """One TFRecord frame around ``payload``."""
     length = struct.pack("<Q", len(payload))

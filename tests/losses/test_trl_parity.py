@@ -144,6 +144,10 @@ def test_unpaired_losses_match_trl(loss_type, beta, dw, uw, n_desirable):
     np.testing.assert_allclose(float(jnp.mean(out.loss)), trl_mean, rtol=RTOL, atol=ATOL)
     if loss_type == "kto":
         np.testing.assert_allclose(float(out.metrics["kl"]), trl_metrics["kl"], rtol=RTOL, atol=ATOL)
+        # the estimate before TRL's clamp at 0 (negative for two of the four batches, where kl stays 0)
+        raw = np.mean(kl.astype(np.float64) - ref_kl)
+        np.testing.assert_allclose(float(out.metrics["kl/unclamped"]), raw, rtol=RTOL, atol=ATOL)
+        assert float(out.metrics["kl"]) == pytest.approx(max(raw, 0.0), rel=RTOL, abs=ATOL)
     for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
         if key in trl_metrics:
             np.testing.assert_allclose(float(out.metrics[key]), trl_metrics[key], rtol=RTOL, atol=ATOL)

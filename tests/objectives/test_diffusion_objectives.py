@@ -296,6 +296,35 @@ def test_objective_threads_loss_state(policy, reference):
     assert dpo_metrics["rewards/margins"] == 0.0
 
 
+def test_kto_kl_moves_with_the_policy_and_is_clamped_at_zero(policy, reference):
+    """ELBO-KTO's KL term: 0 exactly at policy = reference (shared draws); with a policy that
+    differs, kl/unclamped is the batch mean of the KL rows' policy − reference ELBOs, computed
+    here from those rows' own draws (role ROLE_KL) outside the fused objective, and kl (z0) is
+    max(0, that). Swapping the models negates the estimate, so exactly one order has kl > 0:
+    neither ELBO draws nor the stop-gradient nor the clamp make it identically 0."""
+    batch = unpaired()
+    hp = dict(beta=0.1, kto_reference_point="kl")
+
+    @jax.jit
+    def run(batch):
+        kto = lambda pol, ref: D.diffusion_preference_loss(pol, ref, batch, loss_name="kto", hparams=hp, key=KEY,
+                                                           **KW)[1]
+        draws = D.example_draws(KEY, batch["example_id"], batch["kl_mask"], n_mc=M, role=D.ROLE_KL)
+        elbo = lambda m: jnp.mean(dl.elbo_per_draw(m, batch["kl_ids"], draws, mask_id=MASK, chunk_size=T), -1)
+        return kto(policy, policy), kto(policy, reference), kto(reference, policy), elbo(policy), elbo(reference)
+
+    same, moved, swapped, pol_kl, ref_kl = run(batch)
+    assert same["kl"] == 0.0 and same["kl/unclamped"] == 0.0
+    want = np.mean(np.asarray(pol_kl, np.float64) - np.asarray(ref_kl, np.float64))
+    assert abs(want) > 1e-3
+    tol = dict(rtol=1e-4, atol=2e-5)  # float32 ELBOs of about -30 nats, differences of about 5e-3
+    np.testing.assert_allclose(moved["kl/unclamped"], want, **tol)
+    np.testing.assert_allclose(swapped["kl/unclamped"], -want, **tol)
+    np.testing.assert_allclose(moved["kl"], max(want, 0.0), **tol)
+    np.testing.assert_allclose(swapped["kl"], max(-want, 0.0), **tol)
+    assert max(moved["kl"], swapped["kl"]) > 1e-3
+
+
 # ------------------------------------------------------------------- sharded, precomputed
 
 

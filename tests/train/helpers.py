@@ -1,6 +1,7 @@
 """Run helpers for trainer tests: configs, subprocess runs, metrics files."""
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,6 +59,16 @@ def read_jsonl(path):
 
 def losses(workdir, name="metrics.jsonl"):
     return [r["loss"] for r in read_jsonl(os.path.join(workdir, name))]
+
+
+def warmup_cosine(i: int, peak: float, warmup: int, total: int) -> float:
+    """The learning rate of update i (0-based) of optimizer.schedule = "cosine", written out (not
+    through optax): linear from 0 to ``peak`` over w = min(warmup, total - 1) updates, then
+    peak·(1 + cos(π·(i − w)/(total − w)))/2."""
+    w = min(warmup, total - 1)
+    if i < w:
+        return peak * i / w
+    return peak * 0.5 * (1 + math.cos(math.pi * (i - w) / (total - w)))
 
 
 def rows(kind, n=24):

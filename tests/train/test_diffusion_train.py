@@ -102,3 +102,48 @@ def test_pretrain_task_lowers_the_masked_diffusion_loss(tmp_path):
     losses = [r["loss"] for r in read_jsonl(tmp_path / "metrics_pretrain.jsonl")]
     assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.1, (np.mean(losses[:20]), np.mean(losses[-20:]))
     assert results["task"] == "pretrain" and results["pretrain_examples"] == 256
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "autoregressive"])
+def test_unpaired_eval_margins_are_whole_set_label_means(kind):
+    """KTO evaluation of the gym's held-out unpaired rows (all desirable, then all undesirable):
+    batches of 4 over 12 rows are [D D D D], [D D U U], [U U U U], so two batches have no per-batch
+    margin (NaN) and the labels are unevenly spread. Every eval metric is finite, and
+    eval_rewards/chosen, /rejected and /margins are, over the whole set, mean β·r of the
+    desirable rows, of the undesirable rows, and their difference, with r computed here in one
+    batch of all 12 rows and averaged with numpy."""
+    import jax.numpy as jnp
+
+    from pojax.objectives import diffusion as diff_obj
+    from pojax.objectives import unpaired_logps
+    from pojax.train.data import gym_data
+    from pojax.train.evaluate import preference_evaluator
+    from pojax.train.objectives import _draw_key, mask_id_of, with_example_ids
+    from pojax.train.run import _copy, build_model
+
+    base = config() if kind == "diffusion" else override(recipe("quickstart"), {"logging.progress": False, **TINY})
+    c = override(base, {"loss.name": "kto", "eval.num_examples": 6, "train.batch_size": 4, "likelihood.n_mc": 2})
+    data = gym_data(c)
+    reference = build_model(c, data.vocab_size)
+    policy = _copy(reference)
+    policy.embed_tokens[...] = policy.embed_tokens[...] * 1.5  # some distance from the reference
+    held, mask_id = with_example_ids(data.held_out, offset=1000), mask_id_of(reference, c)
+    label = np.asarray(held["label"], bool)
+    assert label.tolist() == [True] * 6 + [False] * 6  # the layout that made per-batch margins NaN
+
+    got = preference_evaluator(c, mask_id=mask_id)(policy, reference, held)
+
+    whole = {k: jnp.asarray(v) for k, v in held.items()}
+    if kind == "diffusion":
+        lp = diff_obj.unpaired_elbos(policy, reference, whole, _draw_key(c), n_mc=2, mask_id=mask_id,
+                                     estimator=c.likelihood.estimator, chunk_size=c.likelihood.chunk_size)
+    else:
+        lp = unpaired_logps(policy, reference, whole, chunk_size=c.likelihood.chunk_size)
+    rewards = c.loss.beta * (np.asarray(lp.completion, np.float64) - np.asarray(lp.ref_completion, np.float64))
+    chosen, rejected = rewards[label].mean(), rewards[~label].mean()
+    assert abs(chosen - rejected) > 1e-3  # the policy moved: a margin to get right
+    assert all(np.isfinite(v) for v in got.values()), got
+    np.testing.assert_allclose(got["eval_rewards/chosen"], chosen, rtol=1e-4)
+    np.testing.assert_allclose(got["eval_rewards/rejected"], rejected, rtol=1e-4)
+    np.testing.assert_allclose(got["eval_rewards/margins"], chosen - rejected, rtol=1e-4, atol=1e-6)
+    assert got["eval_num_examples"] == 12

@@ -8,7 +8,7 @@ import pytest
 
 from pojax.config import ConfigError, validate
 from pojax.train.run import run_train
-from tests.train.helpers import quick_config, read_jsonl
+from tests.train.helpers import quick_config, read_jsonl, warmup_cosine
 
 # 16 gym pairs of 2·8 + 6 + 6 = 28 tokens: rows of 56 tokens hold 2 pairs (4 segments), so 8 rows
 # hold the whole dataset, as does one unpacked batch of 16 pairs.
@@ -31,6 +31,10 @@ def test_packed_run_equals_unpacked_run_on_the_same_pairs(tmp_path, loss):
         assert a[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     for key in ("loss", "rewards/margins", "grad_norm"):
         np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=2e-4, atol=1e-6, err_msg=key)
+    # one batch is the whole dataset, packed (8 rows of 2 pairs) or not: each step is one epoch
+    assert [r["epoch"] for r in b] == [r["epoch"] for r in a] == [1.0, 2.0, 3.0]
+    want = [pytest.approx(warmup_cosine(i, 1e-2, 0, 3), rel=1e-6) for i in range(3)]
+    assert [r["learning_rate"] for r in b] == [r["learning_rate"] for r in a] == want
     # at step 1 every margin is 0 up to rounding, so accuracy is compared once they have moved
     np.testing.assert_allclose([r["rewards/accuracies"] for r in b[1:]], [r["rewards/accuracies"] for r in a[1:]])
 
