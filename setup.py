@@ -24,7 +24,9 @@ setup(
     ],
     extras_require={
         # torch is pinned exactly: a CPU wheel of 2.13.0 is on disk; anything else pulls CUDA.
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "trl", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "trl", "nbclient", "nbformat", "ipykernel",
+                 # real tokenizer files for tests/data/real_tokenizers.py (no hub in tests)
+                 "llama-models", "mistral-common", "tiktoken", "sentencepiece"],
         "tpu": ["jax[tpu]", "gcsfs", "google-cloud-storage"],  # gs:// workdirs: epath (gcsfs) and orbax (google-cloud-storage)
         "cuda": ["jax[cuda12]"],
         "tensorboard": ["tensorboard"],  # the viewer of workdir/tensorboard (pojax writes the event files itself)

@@ -12,6 +12,7 @@ from pojax import losses
 
 TASKS = ("sft", "pretrain", "train", "eval", "sample", "export", "diffpo")
 DATA_FORMATS = ("paired", "unpaired", "ranked", "step", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
+TRUNCATION_MODES = ("keep_start", "keep_end")  # data.truncation_mode, TRL DPOConfig's values
 LIKELIHOODS = ("autoregressive", "diffusion")
 ESTIMATORS = ("length_stratified", "length", "timestep_stratified", "timestep")  # pojax.likelihood.diffusion
 REFERENCE_MODES = ("copy", "precomputed", "lora_base", "none")
@@ -97,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.format = "gym"  # paired | unpaired | ranked | step | hh_rlhf | ultrafeedback_binarized | kto_mix | gym
     c.data.max_prompt_length = 32  # tokens, prompts are truncated from the left
     c.data.max_completion_length = 32  # tokens, completions are truncated from the right
+    c.data.max_length = 0  # TRL DPOConfig.max_length: tokens of prompt + completion per sequence, cut after the per-part limits; 0 = none (row width = max_prompt_length + max_completion_length)
+    c.data.truncation_mode = "keep_start"  # TRL DPOConfig.truncation_mode: keep_start | keep_end of a sequence over data.max_length; keep_start drops rows whose prompt alone fills max_length
     c.data.packing = False  # pack pairs into fixed rows with segment ids (then train.batch_size counts rows)
     c.data.packed_length = 0  # tokens per packed row; 0 = twice the unpacked row width
     c.data.max_segments = 8  # sequences per packed row (2 per pair)
@@ -134,6 +137,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.reference.lora_rank = 8  # reference.mode = "lora_base": adapter rank
     c.reference.lora_alpha = 16.0  # and scale numerator (scale = alpha / rank)
     c.reference.cache_dir = ""  # reference.mode = "precomputed": dir storing the values + manifest for reuse; "" = in-run only
+    # TR-DPO (Gorbatovski et al., arXiv 2404.09656; TRL's names): with reference.mode = "copy", after every
+    # ref_model_sync_steps-th optimizer step the reference becomes α·policy + (1 − α)·reference (pojax.train.step.sync_reference)
+    c.reference.sync_ref_model = False  # TRL's sync_ref_model: move the reference towards the policy during training
+    c.reference.ref_model_mixup_alpha = 0.6  # TRL's ref_model_mixup_alpha, α in [0, 1] (1 = hard update: reference ← policy)
+    c.reference.ref_model_sync_steps = 512  # TRL's ref_model_sync_steps, τ: optimizer steps between syncs (>= 1)
     c.reference.guide_path = ""  # HF dir of a DPO-trained model: tgdpo's guide (required), or rto's π_dpo (set = RTO's online PPO stage)
 
     c.optimizer = ml_collections.ConfigDict()
@@ -337,6 +345,27 @@ def _validate_diffusion(config) -> None:
     _one_of(config, "likelihood.estimator", ESTIMATORS)
 
 
+def _validate_ref_sync(config) -> None:
+    """TR-DPO's keys (read by task=train only): a reference copy of offline training, α in [0, 1], τ >= 1.
+    TRL refuses sync_ref_model with a PEFT model (lora_base) and with precompute_ref_log_probs."""
+    r = config.reference
+    if not r.get("sync_ref_model") or config.task != "train":  # other tasks (eval, export of the run) read no reference sync
+        return
+    if r.mode != "copy":
+        raise ConfigError("reference.sync_ref_model", f"TR-DPO syncs a reference copy; it needs reference.mode='copy', got "
+                          f"{r.mode!r} (TRL refuses it with PEFT and with precompute_ref_log_probs too)")
+    if not losses.needs_reference(config.loss.name):
+        raise ConfigError("reference.sync_ref_model", f"loss {config.loss.name!r} is reference-free: there is no "
+                          "reference to sync")
+    if is_online(config):
+        raise ConfigError("reference.sync_ref_model", f"syncs the reference of offline training; online loss "
+                          f"{config.loss.name!r} does not support it yet")
+    alpha = r.ref_model_mixup_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ConfigError("reference.ref_model_mixup_alpha", f"must be a number in [0, 1], got {alpha!r}")
+    _positive(config, "reference.ref_model_sync_steps")
+
+
 def _validate_mc_and_cache(config) -> None:
     """likelihood.mc_stderr needs diffusion ELBOs, an even n_mc and the reference model;
     reference.cache_dir stores precomputed values only."""
@@ -438,6 +467,14 @@ def validate(config) -> None:
     """Raises ConfigError for the first bad key of a run config."""
     _one_of(config, "task", TASKS)
     _one_of(config, "data.format", DATA_FORMATS)
+    _one_of(config, "data.truncation_mode", TRUNCATION_MODES)
+    for key in ("data.max_length", "data.max_prompt_length", "data.max_completion_length"):
+        value = config.data[key.split(".")[1]]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(key, f"must be an integer >= 0 (0 = no limit), got {value!r}")
+    if not config.data.max_length and not (config.data.max_prompt_length and config.data.max_completion_length):
+        raise ConfigError("data.max_length", "0 (no limit) needs both data.max_prompt_length and "
+                          "data.max_completion_length > 0: together they set the row width")
     _one_of(config, "likelihood.kind", LIKELIHOODS)
     _one_of(config, "reference.mode", REFERENCE_MODES)
     _one_of(config, "checkpoint.best_mode", ("min", "max"))
@@ -475,6 +512,7 @@ def validate(config) -> None:
     if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
+    _validate_ref_sync(config)
     if is_online(config):
         _validate_online(config)
     if config.task in ("train", "sft", "pretrain", "eval"):

@@ -83,7 +83,8 @@ def main(argv) -> int:
         return 2
     from pojax import fs, preflight
 
-    workdir = preflight.absolute_workdir(_WORKDIR.value)  # once: every task and orbax see one absolute path
+    # once: every task and orbax see one absolute path (a TRL YAML's output_dir when --workdir is not given)
+    workdir = preflight.absolute_workdir(_WORKDIR.value or config.get("output_dir") or None)
     try:  # everything a user can get wrong is checked here, before any model is built or compiled
         validate(config)
         fs.check_workdir(workdir)  # gs:// without its client library fails here, not mid-run
@@ -164,7 +165,10 @@ def _parse_flags(argv):
         print(f"pojax: unknown config key in {overrides}: {detail}", file=sys.stderr)
         sys.exit(2)
     except (flags.Error, TypeError, ValueError) as e:
-        print(f"pojax: bad flag: {e}", file=sys.stderr)
+        cause = e  # a recipe's get_config raising ConfigError: config_flags and absl re-raise it as context
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__context__
+        print(f"pojax: {cause}" if cause is not None else f"pojax: bad flag: {e}", file=sys.stderr)
         sys.exit(2)
 
 

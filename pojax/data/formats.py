@@ -21,7 +21,14 @@ Formats (``data.format``) and the normalized row each becomes:
             assistant turns), prompt_text}; prompt_text is the raw transcript up to the final
             "\\n\\nAssistant: " marker, so prompt_text + chosen is the chosen transcript verbatim.
 Every row becomes a normalized dict with ``prompt`` as a list of messages (a plain-text prompt is
-one user message, kept as text in ``prompt_text``) and completions as strings. A bad row raises
+one user message, kept as text in ``prompt_text``) and completions as strings. ``conversational``
+says whether the source row held lists of messages (TRL's ``is_conversational``: then
+pojax.data.tokenize renders it with the chat template, else as raw text); a completion given as
+messages also keeps them whole in ``<field>_messages`` (chosen_messages, completion_messages,
+completions_messages), and a row's ``tools`` (a list, or its JSON string) and
+``chat_template_kwargs`` (an object, e.g. {"enable_thinking": false}) columns are kept as they are.
+A string prompt with conversations as chosen / rejected (UltraFeedback-binarized's layout) takes
+its prompt from the conversations, as TRL's ``maybe_extract_prompt`` does. A bad row raises
 ``DataError`` naming the file, the row index and the field, or, with ``skip_bad_rows``, is counted
 and logged — never dropped silently.
 """
@@ -116,6 +123,29 @@ def _messages(value, path, i, field) -> list[dict]:
     return list(value)
 
 
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
+
+
+def _extras(row, out, path, i, *fields) -> dict:
+    """``out`` with the row's TRL extras: conversational, <field>_messages of completions given as
+    messages, tools and chat_template_kwargs."""
+    values = [row.get(f) for f in fields if f in row]
+    flat = [x for v in values for x in (v if isinstance(v, list) and not _is_messages(v) else [v])]
+    out["conversational"] = any(_is_messages(v) for v in flat) or out.pop("_conversational", False)
+    if "tools" in row and row["tools"] is not None:
+        if not isinstance(row["tools"], (list, str)):
+            raise DataError(path, i, "tools", f"expected a list of tool schemas or its JSON string, got "
+                            f"{type(row['tools']).__name__}")
+        out["tools"] = row["tools"]
+    if "chat_template_kwargs" in row and row["chat_template_kwargs"] is not None:
+        if not isinstance(row["chat_template_kwargs"], dict):
+            raise DataError(path, i, "chat_template_kwargs", "expected an object of chat template arguments, got "
+                            f"{type(row['chat_template_kwargs']).__name__}")
+        out["chat_template_kwargs"] = dict(row["chat_template_kwargs"])
+    return out
+
+
 def _completion(value, path, i, field) -> str:
     """A completion: a string, or a conversation whose last message is the assistant's."""
     if isinstance(value, str):
@@ -131,11 +161,12 @@ def _completion(value, path, i, field) -> str:
 def _split_conversation(chosen, rejected, path, i):
     """UltraFeedback style: prompt = the messages before the final assistant turn (shared)."""
     c, r = _messages(chosen, path, i, "chosen"), _messages(rejected, path, i, "rejected")
+    chosen_text, rejected_text = _completion(c, path, i, "chosen"), _completion(r, path, i, "rejected")
     if c[:-1] != r[:-1]:
         raise DataError(path, i, "rejected", "chosen and rejected conversations do not share the same prompt turns")
     if not c[:-1]:
         raise DataError(path, i, "chosen", "a conversation without a 'prompt' column needs prompt turns before the answer")
-    return c[:-1], _completion(c, path, i, "chosen"), _completion(r, path, i, "rejected")
+    return c[:-1], chosen_text, rejected_text
 
 
 _HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
@@ -193,12 +224,20 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
         raise DataError(path, i, "-", f"expected an object, got {type(row).__name__}")
     if fmt == "paired":
         _require(row, ("chosen", "rejected"), path, i)
-        if "prompt" in row:
+        implicit = "prompt" not in row or (isinstance(row["prompt"], str) and _is_messages(row["chosen"])
+                                           and len(row["chosen"]) > 1)  # TRL's maybe_extract_prompt
+        if implicit:
+            prompt, chosen, rejected = _split_conversation(row["chosen"], row["rejected"], path, i)
+            out = {"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                   "chosen_messages": row["chosen"][len(prompt):], "rejected_messages": row["rejected"][len(prompt):]}
+        else:
             prompt = _messages(row["prompt"], path, i, "prompt")
             chosen, rejected = _completion(row["chosen"], path, i, "chosen"), _completion(row["rejected"], path, i, "rejected")
-        else:
-            prompt, chosen, rejected = _split_conversation(row["chosen"], row["rejected"], path, i)
-        out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+            out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+            for field in ("chosen", "rejected"):
+                if _is_messages(row[field]):
+                    out[f"{field}_messages"] = list(row[field])
+        _extras(row, out, path, i, "prompt", "chosen", "rejected")
         for field in ("score_chosen", "score_rejected"):
             if field in row:
                 out[field] = _score(row, path, i, field)
@@ -208,6 +247,9 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
             raise DataError(path, i, "label", f"expected true/false, got {row['label']!r}")
         out = {"prompt": _messages(row["prompt"], path, i, "prompt"),
                "completion": _completion(row["completion"], path, i, "completion"), "label": row["label"]}
+        if _is_messages(row["completion"]):
+            out["completion_messages"] = list(row["completion"])
+        _extras(row, out, path, i, "prompt", "completion")
     elif fmt == "ranked":
         _require(row, ("prompt", "completions", "scores"), path, i)
         comps, scores = row["completions"], row["scores"]
@@ -218,6 +260,10 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
             raise DataError(path, i, "scores", f"expected {len(comps)} numbers, one per completion")
         out = {"prompt": _messages(row["prompt"], path, i, "prompt"),
                "completions": [_completion(c, path, i, "completions") for c in comps], "scores": [float(s) for s in scores]}
+        if any(_is_messages(c) for c in comps):
+            out["completions_messages"] = [list(c) if _is_messages(c) else [{"role": "assistant", "content": c}]
+                                           for c in comps]
+        _extras(row, out, path, i, "prompt", "completions")
     elif fmt == "step":
         _require(row, ("prompt", "prefix", "chosen_step", "rejected_step"), path, i)
         if not isinstance(row["prefix"], str):
@@ -229,13 +275,15 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
             steps[field] = _completion(row[field], path, i, field)
         out = {"prompt": _messages(row["prompt"], path, i, "prompt"), "prefix": row["prefix"],
                "chosen": steps["chosen_step"], "rejected": steps["rejected_step"]}
+        _extras(row, out, path, i, "prompt")
     elif fmt == "hh_rlhf":
         _require(row, ("chosen", "rejected"), path, i)
         prompt, chosen, prompt_text = _hh_turns(row["chosen"], path, i, "chosen")
         rejected_prompt, rejected, _ = _hh_turns(row["rejected"], path, i, "rejected")
         if rejected_prompt != prompt:
             raise DataError(path, i, "rejected", "chosen and rejected transcripts differ before the final assistant turn")
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "prompt_text": prompt_text}
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "prompt_text": prompt_text,
+                "conversational": True}  # turns parsed into messages, as trl-lib/hh-rlhf-helpful-base has them
     else:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if isinstance(row.get("prompt"), str):
@@ -271,8 +319,12 @@ def unpair(rows: list[dict]) -> list[dict]:
     the ELBO-KTO paper trains KTO on UltraFeedback-binarized."""
     out = []
     for row in rows:
-        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
-        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+        keep = {k: row[k] for k in ("prompt_text", "conversational", "tools", "chat_template_kwargs") if k in row}
+        for side, label in (("chosen", True), ("rejected", False)):
+            new = {"prompt": row["prompt"], "completion": row[side], "label": label, **keep}
+            if f"{side}_messages" in row:
+                new["completion_messages"] = row[f"{side}_messages"]
+            out.append(new)
     return out
 
 
@@ -290,7 +342,11 @@ def ranked_pairs(rows: list[dict]) -> list[dict]:
             if scores[j] < scores[best]:
                 pair = {"prompt": row["prompt"], "chosen": row["completions"][best], "rejected": row["completions"][j],
                         "score_chosen": scores[best], "score_rejected": scores[j]}
-                if "prompt_text" in row:
-                    pair["prompt_text"] = row["prompt_text"]
+                for key in ("prompt_text", "conversational", "tools", "chat_template_kwargs"):
+                    if key in row:
+                        pair[key] = row[key]
+                if "completions_messages" in row:
+                    pair["chosen_messages"] = row["completions_messages"][best]
+                    pair["rejected_messages"] = row["completions_messages"][j]
                 out.append(pair)
     return out

@@ -31,6 +31,9 @@ class RunData:
     preference: dict  # paired or unpaired rows
     held_out: dict | None  # preference rows kept for evaluation (a seeded random subset for files)
     gym: gym_lib.Gym | None = None
+    # rows tokenize.encode dropped because the prompt alone fills data.max_length (TRL's filter):
+    # {"dropped_rows": n[, "dropped_rows_test": n of the upstream test split]}, for results.json
+    dropped_rows: dict = dataclasses.field(default_factory=dict)
 
 
 def _with_kl(rows: dict) -> dict:
@@ -141,8 +144,9 @@ def _score_arrays(rows: list[dict], path: str) -> dict:
 
 
 def _file_arrays(config, tokenizer) -> tuple[str, dict, dict | None]:
-    """(row format, tokenized training rows, tokenized upstream test rows or None); scored
-    losses (madpo, curry_dpo) also get score_chosen / score_rejected [N] of each pair."""
+    """(row format, tokenized training rows, tokenized upstream test rows or None, dropped-row
+    counts: RunData.dropped_rows); scored losses (madpo, curry_dpo) also get score_chosen /
+    score_rejected [N] of each kept pair."""
     train, test = _read(config)
     fmt = row_format(config)
     if fmt == "unpaired" and FILE_FORMATS[config.data.format] == "paired":
@@ -153,18 +157,27 @@ def _file_arrays(config, tokenizer) -> tuple[str, dict, dict | None]:
         logging.info("%s: ranked rows paired (best vs each lower-scored response) for loss %s",
                      config.data.path, config.loss.name)
         train, test = formats.ranked_pairs(train), None if test is None else formats.ranked_pairs(test)
-    encode = lambda rows: tokenize.encode(rows, fmt, tokenizer, max_prompt_length=config.data.max_prompt_length,
-                                          max_completion_length=config.data.max_completion_length,
-                                          chat_template=config.data.chat_template)
+    reports = {"train": {}, "test": {}}
+    encode = lambda rows, split: tokenize.encode(
+        rows, fmt, tokenizer, max_prompt_length=config.data.max_prompt_length,
+        max_completion_length=config.data.max_completion_length, max_length=config.data.get("max_length", 0),
+        truncation_mode=config.data.get("truncation_mode", "keep_start"), chat_template=config.data.chat_template,
+        report=reports[split])
     try:
-        arrays, test_arrays = encode(train), None if test is None else encode(test)
+        arrays, test_arrays = encode(train, "train"), None if test is None else encode(test, "test")
+    except ConfigError:
+        raise
     except ValueError as e:
-        raise ConfigError("data.chat_template", str(e)) from None
-    if _scored(config) and fmt == "paired":
-        arrays.update(_score_arrays(train, config.data.path))
+        raise ConfigError("data.chat_template", str(e).removeprefix("config key data.chat_template: ")) from None
+    if _scored(config) and fmt == "paired":  # the kept rows' scores (rows whose prompt fills max_length are dropped)
+        arrays.update(_score_arrays([train[i] for i in reports["train"]["kept_index"]], config.data.path))
         if test is not None:
-            test_arrays.update(_score_arrays(test, f"{config.data.path} (test split)"))
-    return fmt, arrays, test_arrays
+            test_arrays.update(_score_arrays([test[i] for i in reports["test"]["kept_index"]],
+                                             f"{config.data.path} (test split)"))
+    dropped = {"dropped_rows": reports["train"]["dropped_rows"]}
+    if test is not None:
+        dropped["dropped_rows_test"] = reports["test"]["dropped_rows"]
+    return fmt, arrays, test_arrays, dropped
 
 
 def _sft_rows(fmt: str, rows: dict) -> dict:
@@ -201,7 +214,7 @@ def split_rows(arrays: dict, test: dict | None, *, num_examples: int, seed: int)
 def file_data(config, tokenizer) -> RunData:
     """Training rows of data.path; held out (``split_rows``): eval.num_examples rows of the
     upstream test split when the layout has one, else a seeded random subset of the file's rows."""
-    fmt, arrays, test = _file_arrays(config, tokenizer)
+    fmt, arrays, test, dropped = _file_arrays(config, tokenizer)
     train, held = split_rows(arrays, test, num_examples=config.eval.num_examples, seed=config.train.seed)
     if held is None and test is None and config.eval.num_examples > 0:
         n = len(next(iter(arrays.values())))
@@ -209,7 +222,7 @@ def file_data(config, tokenizer) -> RunData:
                         "no evaluation split", config.data.path, n, config.eval.num_examples,
                         2 * config.eval.num_examples)
     sft = _sft_rows(fmt, train) if config.train.sft_steps > 0 else None
-    return RunData(None, sft, _prepared(train), _prepared(held))
+    return RunData(None, sft, _prepared(train), _prepared(held), dropped_rows=dropped)
 
 
 def eval_data(config, tokenizer) -> tuple[RunData, dict]:
@@ -219,19 +232,19 @@ def eval_data(config, tokenizer) -> tuple[RunData, dict]:
     ultrafeedback_binarized / kto_mix), with "all" every row of the test split or of the file.
     The dict says which: eval_split ("held_out" | "all"), eval_source ("test split" | "file")
     and eval_source_rows (the rows there)."""
-    _, arrays, test = _file_arrays(config, tokenizer)
+    _, arrays, test, dropped = _file_arrays(config, tokenizer)
     source = arrays if test is None else test
     info = {"eval_split": config.eval.split, "eval_source": "file" if test is None else "test split",
             "eval_source_rows": len(next(iter(source.values())))}
     if config.eval.split == "all":
-        return RunData(None, None, {}, _prepared(source)), info
+        return RunData(None, None, {}, _prepared(source), dropped_rows=dropped), info
     _, held = split_rows(arrays, test, num_examples=config.eval.num_examples, seed=config.train.seed)
     if held is None:
         raise ConfigError("eval.split", f"'held_out': {config.data.path} has {info['eval_source_rows']} rows, too few "
                           f"for training to hold out eval.num_examples={config.eval.num_examples} (it needs more than "
                           f"{2 * config.eval.num_examples} and eval.num_examples > 0); set eval.split=all to score "
                           "every row")
-    return RunData(None, None, {}, _prepared(held)), info
+    return RunData(None, None, {}, _prepared(held), dropped_rows=dropped), info
 
 
 def sft_data(config, tokenizer) -> RunData:
@@ -241,11 +254,11 @@ def sft_data(config, tokenizer) -> RunData:
         gym = gym_lib.from_config(config)
         return RunData(gym.vocab_size, gym_lib.training_rows(gym, "sft", config.train.seed, config.data.gym.num_train),
                        {}, None, gym)
-    fmt, arrays, _ = _file_arrays(config, tokenizer)
+    fmt, arrays, _, dropped = _file_arrays(config, tokenizer)
     rows = _sft_rows(fmt, arrays)
     if not len(rows["input_ids"]):
         raise ConfigError("data.path", f"{config.data.path}: no desirable (label = true) rows to fine-tune on")
-    return RunData(None, rows, {}, None)
+    return RunData(None, rows, {}, None, dropped_rows=dropped)
 
 
 def pretrain_data(config, tokenizer) -> RunData:
@@ -260,7 +273,8 @@ def pretrain_data(config, tokenizer) -> RunData:
                                         "completion_mask": np.ones(rows["input_ids"].shape, bool)}, {}, None, gym)
     if not config.data.path:
         raise ConfigError("data.path", "task 'pretrain' needs a file of rows with a 'text' field (or data.format=gym)")
-    width = config.data.max_prompt_length + config.data.max_completion_length
+    width = tokenize.row_width(config.data.max_prompt_length, config.data.max_completion_length,
+                               config.data.get("max_length", 0))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     ids, masks = [], []
     for file, i, row in formats.read_rows(config.data.path):

@@ -6,6 +6,7 @@ checkpointable iterator (offline data); pojax.train.online builds each step's ba
 current policy's samples. Anything with the same four members works."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Callable, Protocol
@@ -22,7 +23,7 @@ from pojax.data.pipeline import make_iterator, restore_iterator
 from pojax.train.checkpoint import Checkpoints
 from pojax.train.metrics import MetricsWriter
 from pojax.train.optim import current_learning_rate
-from pojax.train.step import NonFiniteError, init_state, make_train_step
+from pojax.train.step import NonFiniteError, init_state, make_train_step, sync_reference
 
 _BAR_KEYS = (("loss", "loss"), ("rewards/accuracies", "acc"), ("tokens_per_s", "tok/s"))
 
@@ -149,7 +150,8 @@ def _close(bar, source, ckpt, best, writer) -> None:
 
 def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir: str, config, mesh, rules,
               dataset=None, source: BatchSource | None = None, trainable=nnx.Param, reference=None, loss_state=None,
-              metrics_file="metrics.jsonl", eval_fn: Callable | None = None, on_step: Callable | None = None):
+              metrics_file="metrics.jsonl", eval_fn: Callable | None = None, on_step: Callable | None = None,
+              ref_sync: tuple[float, int] | None = None):
     """Trains ``model`` in place for ``steps`` optimizer steps and returns (model, final
     TrainState, the last step's evaluation figures or None when no evaluation ran in this call).
 
@@ -175,6 +177,11 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
     ``on_step(step, state, metrics) -> (state, extra metrics)`` runs after each optimizer step,
     before it is logged or saved (OFS-DPO's swap of its fast and slow modules, pojax.train.ofs).
 
+    ``ref_sync = (α, τ)``: TR-DPO (pojax.train.step.sync_reference) mixes the policy into the
+    ``reference`` model after every τ-th optimizer step, under jit, and updates ``reference`` in
+    place (so ``eval_fn`` sees the synced reference, as TRL's evaluation does); the reference's
+    state is saved with each checkpoint and restored on resume.
+
     Each logged line carries TRL's ``learning_rate`` (of the step's update, read from the
     optimizer state of pojax.train.optim.make_optimizer; absent for an optimizer without one)
     and, for a ``dataset``, ``epoch`` (passes over its rows, ``batches_per_epoch``). Both come
@@ -195,6 +202,13 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
     state = jax.device_put(state, state_sh)
     frozen_sh = sharding.param_shardings(frozen, mesh, rules)
     ref_sh = None if ref_state is None else sharding.param_shardings(ref_state, mesh, rules)
+    sync_fn, sync_every = None, 0
+    if ref_sync is not None:
+        if reference is None:
+            raise ValueError("run_stage: ref_sync needs a reference model")
+        alpha, sync_every = ref_sync
+        sync_fn = jax.jit(functools.partial(sync_reference, alpha=float(alpha)), in_shardings=(ref_sh, state_sh.params),
+                          out_shardings=ref_sh, donate_argnums=(0,))
     if (dataset is None) == (source is None):
         raise ValueError("run_stage takes a dataset or a batch source (exactly one)")
     source = source if source is not None else DatasetBatches(dataset)
@@ -219,8 +233,11 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
     nan_policy = config.train.nan_policy  # skip | stop: what a step with a non-finite loss or gradient does
     start, eval_metrics = 0, None
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state, data_iter=source.iterator)
+        state, meta = ckpt.restore(state, data_iter=source.iterator, reference_like=ref_state if sync_fn else None)
         state = jax.device_put(state, state_sh)
+        if meta["reference"] is not None:  # TR-DPO: the reference as synced up to this step
+            ref_state = jax.device_put(meta["reference"], ref_sh)
+            nnx.update(reference, ref_state)
         start = int(meta["step"])
         if not meta["data_restored"]:  # a checkpoint without the iterator: its position is the step
             source.seek(start * accum)
@@ -245,6 +262,9 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
             if on_step is not None:
                 state, more = on_step(step, state, mean.result())
                 extra.update(more)
+            if sync_fn is not None and (step + 1) % sync_every == 0:  # TRL: on_step_end, global_step % τ == 0
+                ref_state = sync_fn(ref_state, state.params)
+                nnx.update(reference, ref_state)
             dt = time.perf_counter() - t0
             metrics = dict(mean.result(), **extra, skipped=skipped, step_time_s=dt, tokens_per_s=tokens / dt)
             if skipped:
@@ -268,7 +288,8 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
             bar.set_postfix({short: f"{float(metrics[k]):.3g}" for k, short in _BAR_KEYS if k in metrics})
             bar.update(1)
             if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == steps:
-                ckpt.save(step + 1, state, {"step": step + 1}, data_iter=source.iterator)
+                ckpt.save(step + 1, state, {"step": step + 1}, data_iter=source.iterator,
+                          reference=ref_state if sync_fn is not None else None)
                 writer.flush()  # a remote metrics file holds every line up to the latest checkpoint
     _close(bar, source, ckpt, best, writer)
     nnx.update(model, state.params)

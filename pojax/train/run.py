@@ -182,8 +182,12 @@ def run_train(config, workdir: str | None) -> dict:
         rows = with_example_ids(rows)
         held = None if held is None else with_example_ids(held, offset=len(next(iter(rows.values()))))
     trainable, reference, before, cache_reused = nnx.Param, None, None, None
+    ref_sync = None
     if mode == "copy":
         reference = before = _copy(model)
+        if config.reference.sync_ref_model:  # TR-DPO moves the reference; the gym's gold eval compares to the start
+            ref_sync = (config.reference.ref_model_mixup_alpha, config.reference.ref_model_sync_steps)
+            before = _copy(model) if gym else None
     elif mode == "precomputed":  # one pass of the starting policy (or reference.cache_dir), then only values
         before = _copy(model)
         splits = {"train": rows} if held is None else {"train": rows, "held_out": held}
@@ -212,7 +216,8 @@ def run_train(config, workdir: str | None) -> dict:
     def eval_fn(policy, loss_state):
         return evaluator(policy, reference, held, loss_state)
 
-    results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps}
+    results = {"loss": name, "steps": config.train.max_steps, "sft_steps": config.train.sft_steps,
+               **data.dropped_rows}  # rows whose prompt alone fills data.max_length (dropped as TRL drops them)
     if cache_reused is not None:  # reference.cache_dir is set
         results["reference_cache_reused"] = cache_reused
     if config.data.packing:
@@ -225,7 +230,7 @@ def run_train(config, workdir: str | None) -> dict:
         "train", model, objective=objective, dataset=dataset,
         steps=config.train.max_steps, tx=make_optimizer(config, config.train.max_steps), workdir=workdir,
         config=config, mesh=mesh, rules=rules, trainable=trainable, reference=reference, loss_state=loss_state,
-        eval_fn=None if held is None else eval_fn)
+        eval_fn=None if held is None else eval_fn, ref_sync=ref_sync)
 
     if config.train.export_final:
         export(model, config, os.path.join(workdir, "final"), lora=mode == "lora_base")

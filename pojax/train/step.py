@@ -57,6 +57,34 @@ def _keep_if(ok, new, old):
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def sync_reference(ref_state, params, *, alpha: float):
+    """TR-DPO's soft update of the reference: its parameters become a mix of the policy's and
+    their own,
+
+    θ_ref ← α·θ + (1 − α)·θ_ref
+
+    (α = 1: hard update, the reference becomes a copy of the policy). Pure; the trainer applies it
+    under jit after every ``reference.ref_model_sync_steps``-th optimizer step, as TRL's
+    SyncRefModelCallback does at ``on_step_end`` (``global_step % ref_model_sync_steps == 0``).
+
+    Args:
+      ref_state: nnx.State of the reference model (every variable); only its ``nnx.Param``
+        variables change, others (e.g. RoPE tables) are returned as they are.
+      params: nnx.State of the policy's ``nnx.Param`` variables (same paths and shapes as the
+        reference's parameters: the reference is a copy of the starting policy).
+      alpha: the mix-up weight α in [0, 1] (TRL's ``ref_model_mixup_alpha``).
+
+    Returns:
+      The reference's new nnx.State, each parameter in its own dtype (mixed in float32).
+
+    References:
+      Gorbatovski et al., Learn Your Reference Model for Real Good Alignment, arXiv 2404.09656 (the soft update).
+    """
+    ref_params, rest = nnx.split_state(ref_state, nnx.Param, ...)
+    mix = lambda r, p: (alpha * p.astype(jnp.float32) + (1.0 - alpha) * r.astype(jnp.float32)).astype(r.dtype)
+    return nnx.merge_state(jax.tree.map(mix, ref_params, params), rest)
+
+
 def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformation):
     """The pure step ``(state, batch, frozen, ref_state) -> (state, metrics)``.
 

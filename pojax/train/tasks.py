@@ -60,7 +60,7 @@ def run_sft(config, workdir: str | None, *, task: str = "sft") -> dict:
         export(model, config, os.path.join(workdir, "final"))
     rows = metrics_lib.MetricsWriter(workdir, f"metrics_{task}.jsonl").read()
     results = {"task": task, "steps": config.train.max_steps, f"{task}_examples": len(data.sft["input_ids"]),
-               "final_loss": rows[-1]["loss"] if rows else None}
+               "final_loss": rows[-1]["loss"] if rows else None, **data.dropped_rows}
     if gym:
         results.update(gold_eval(data.gym, model, start, config))
     metrics_lib.write_results(workdir, results)
@@ -274,7 +274,7 @@ def run_eval(config, workdir: str | None) -> dict:
                 results.update(gold_eval(data.gym, policy, reference, config))
         else:
             data, split_info = eval_data(config, tokenizer)
-            results.update(split_info)
+            results.update(split_info, **data.dropped_rows)
         if data.held_out is not None:
             loss_state = initial_loss_state(config.loss.name)
             results.update(preference_eval(policy, reference, data.held_out, config, loss_state=loss_state))

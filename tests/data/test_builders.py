@@ -107,7 +107,7 @@ def test_prepare_once_per_source_version(hh_dir, tmp_path):
     assert os.stat(first).st_mtime_ns == stamp  # reused, not rewritten
     write_jsonl(str(root / "helpful-online/train.jsonl"), hh_rows("online", 4))  # the source changed
     assert len(builders.prepare("hh_rlhf", str(root), data_dir)["train"]) == 12
-    assert len(glob.glob(os.path.join(data_dir, "hh_rlhf", "*", "1.0.0"))) == 2
+    assert len(glob.glob(os.path.join(data_dir, "hh_rlhf", "*", str(builders.base.PreferenceBuilder.VERSION)))) == 2
 
 
 def test_hh_rlhf_bad_row_names_file_row_and_field(hh_dir, tmp_path):
@@ -146,7 +146,9 @@ def test_ultrafeedback_binarized_upstream_layout(tmp_path):
     assert read_all(sources["test_prefs"]) == expected(test, "paired")
     row = grain.MapDataset.source(sources["train_prefs"])[0]
     assert row == {"prompt": [msg("user", "name a color")], "chosen": "blue", "rejected": "seven",
-                   "score_chosen": 8.5, "score_rejected": 0.1, "prompt_text": "name a color"}  # scores exact
+                   "score_chosen": 8.5, "score_rejected": 0.1, "prompt_text": "name a color",  # scores exact
+                   "conversational": True, "chosen_messages": [msg("assistant", "blue")],
+                   "rejected_messages": [msg("assistant", "seven")]}
     assert len(array_record_files(data_dir)) == 2
 
     train[2]["rejected"] = [msg("user", "capital of France?")]  # no assistant answer
@@ -196,7 +198,7 @@ def test_local_file_is_split_train(tmp_path, fmt):
     write_jsonl(str(tmp_path / "src" / "rows.jsonl"), rows)
     sources = builders.prepare(fmt, str(tmp_path / "src" / "rows.jsonl"), str(tmp_path / "tfds"))
     assert list(sources) == ["train"] and read_all(sources["train"]) == expected(rows, fmt)
-    assert glob.glob(str(tmp_path / "tfds" / "local_preference" / f"{fmt}_*" / "1.0.0" / "*.array_record*"))
+    assert glob.glob(str(tmp_path / "tfds" / "local_preference" / f"{fmt}_*" / str(builders.base.PreferenceBuilder.VERSION) / "*.array_record*"))
 
 
 def test_local_directory_with_train_and_test_files(tmp_path):
@@ -209,7 +211,7 @@ def test_local_directory_with_train_and_test_files(tmp_path):
     assert read_all(sources["test"]) == expected(rows[1:], "ranked")
 
     write_jsonl(str(tmp_path / "src" / "extra.jsonl"), rows)
-    with pytest.raises(DataError, match=r"extra.jsonl: row 0: .*starts with neither"):
+    with pytest.raises(DataError, match=r"extra.jsonl: the directory .*starts with neither"):
         builders.prepare("ranked", str(tmp_path / "src"), str(tmp_path / "tfds"))
 
 

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pojax.data import formats
 from pojax.data.formats import DataError, load, parse_hh_transcript
 
 
@@ -24,9 +25,30 @@ def test_paired_strings_and_conversations(tmp_path):
          "rejected": [{"role": "user", "content": "name a color"}, {"role": "assistant", "content": "seven"}]},
     ]
     out = load(write_jsonl(tmp_path / "p.jsonl", rows), "paired")
-    assert out[0] == {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5", "prompt_text": "2+2?"}
+    assert out[0] == {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5", "prompt_text": "2+2?",
+                      "conversational": False}
     assert out[1]["chosen"] == "hello" and out[1]["prompt"] == [{"role": "user", "content": "hi"}]
-    assert out[2] == {"prompt": [{"role": "user", "content": "name a color"}], "chosen": "blue", "rejected": "seven"}
+    assert out[1]["conversational"] and out[1]["chosen_messages"] == rows[1]["chosen"]
+    assert out[2] == {"prompt": [{"role": "user", "content": "name a color"}], "chosen": "blue", "rejected": "seven",
+                      "chosen_messages": [{"role": "assistant", "content": "blue"}],
+                      "rejected_messages": [{"role": "assistant", "content": "seven"}], "conversational": True}
+
+
+def test_trl_columns_are_kept(tmp_path):
+    """conversational (TRL's is_conversational), tools, chat_template_kwargs; a string prompt with
+    whole conversations takes its prompt from them (UltraFeedback-binarized, maybe_extract_prompt)."""
+    conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name a color"}]
+    rows = [{"prompt": "name a color", "chosen": conv + [{"role": "assistant", "content": "blue"}],
+             "rejected": conv + [{"role": "assistant", "content": "seven"}], "tools": '[{"name": "f"}]',
+             "chat_template_kwargs": {"enable_thinking": False}}]
+    [row] = load(write_jsonl(tmp_path / "p.jsonl", rows), "paired")
+    assert row["prompt"] == conv and row["conversational"] and row["prompt_text"] == "name a color"
+    assert row["tools"] == '[{"name": "f"}]' and row["chat_template_kwargs"] == {"enable_thinking": False}
+    [u1, u2] = formats.unpair([row])
+    assert u1["completion_messages"] == [{"role": "assistant", "content": "blue"}] and u2["tools"] == row["tools"]
+    bad = write_jsonl(tmp_path / "b.jsonl", [dict(rows[0], chat_template_kwargs=[1])])
+    with pytest.raises(DataError, match="row 0: field 'chat_template_kwargs': expected an object"):
+        load(bad, "paired")
 
 
 def test_parquet_unpaired_and_ranked(tmp_path):
@@ -82,7 +104,7 @@ def test_gzipped_jsonl_and_paired_scores(tmp_path):
         f.write(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "score_chosen": 8.5, "score_rejected": 1}) + "\n")
     assert load(str(tmp_path / "p.jsonl.gz"), "paired") == [
         {"prompt": [{"role": "user", "content": "p"}], "chosen": "c", "rejected": "r", "score_chosen": 8.5,
-         "score_rejected": 1.0, "prompt_text": "p"}]
+         "score_rejected": 1.0, "prompt_text": "p", "conversational": False}]
     assert len(load(str(tmp_path), "paired")) == 1  # a directory's .jsonl.gz files are read too
 
 
@@ -106,7 +128,7 @@ def test_hh_rlhf_rows(tmp_path):
     [row] = load(path, "hh_rlhf")
     assert row == {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                               {"role": "user", "content": "how are you?"}],
-                   "chosen": "fine", "rejected": "go away", "prompt_text": head}
+                   "chosen": "fine", "rejected": "go away", "prompt_text": head, "conversational": True}
 
 
 HH = "\n\nHuman: q\n\nAssistant: "
@@ -135,9 +157,9 @@ def test_step_rows(tmp_path):
              "rejected_step": "x = 3", "step_index": 1}]  # other columns are ignored
     out = load(write_jsonl(tmp_path / "s.jsonl", rows), "step")
     assert out[0] == {"prompt": [{"role": "user", "content": "solve 2x=4"}], "prefix": "", "chosen": "x = 4/2",
-                      "rejected": "x = 4*2", "prompt_text": "solve 2x=4"}
+                      "rejected": "x = 4*2", "prompt_text": "solve 2x=4", "conversational": False}
     assert out[1] == {"prompt": [{"role": "user", "content": "solve 2x=4"}], "prefix": "x = 4/2\n", "chosen": "x = 2",
-                      "rejected": "x = 3"}
+                      "rejected": "x = 3", "conversational": True}
 
 
 @pytest.mark.parametrize(("row", "field", "message"), [

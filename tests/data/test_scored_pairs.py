@@ -88,7 +88,8 @@ def test_file_rows_carry_their_scores_through_the_seeded_split(tmp_path):
     from tests.data.tokenizer_fixture import make_tokenizer
 
     words = ["hi", "hello", "go", "away", "4", "5", "blue", "seven"]
-    lines = [json.dumps({"prompt": words[i % 8], "chosen": words[(i + 1) % 8], "rejected": words[(i + 2) % 8],
+    # standard rows are tokenized as prompt + completion text (TRL): the completions start with a space
+    lines = [json.dumps({"prompt": words[i % 8], "chosen": " " + words[(i + 1) % 8], "rejected": " " + words[(i + 2) % 8],
                          "score_chosen": float(i), "score_rejected": float(-i)}) for i in range(12)]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines))

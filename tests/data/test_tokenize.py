@@ -1,5 +1,7 @@
-"""Prompt formatting equals the tokenizer's own apply_chat_template; truncation and masks follow
-TRL; the plain fallback and the missing-template error."""
+"""Prompt formatting equals the tokenizer's own apply_chat_template; completions are what the
+template renders after the prompt (TRL 1.16; tests/data/test_tokenize_trl.py checks real
+tokenizers against TRL's own code); truncation and masks; the plain fallback and the
+missing-template error."""
 import numpy as np
 import pytest
 
@@ -23,8 +25,9 @@ def test_encode_paired_masks_and_padding():
     ids, mask = out["chosen_ids"][0], out["chosen_mask"][0]
     assert ids.shape == (16,)
     assert list(ids[: len(p)]) == p
-    assert list(ids[mask]) == [tok.convert_tokens_to_ids("blue"), tok.eos_token_id]
-    assert np.all(ids[len(p) + 2:] == tok.pad_token_id)
+    # what the template writes after the prompt (this one writes no end of turn), not text + EOS
+    assert list(ids[mask]) == [tok.convert_tokens_to_ids("blue")]
+    assert np.all(ids[len(p) + 1:] == tok.pad_token_id)
 
 
 def test_truncation_keeps_prompt_end_and_completion_start():
@@ -41,7 +44,7 @@ def test_plain_fallback_and_missing_template():
     assert not tokenize.use_chat_template(tok, "auto")
     row = dict(ROW, prompt_text="name a color")
     assert tokenize.prompt_ids(tok, row, chat=False) == tok("name a color")["input_ids"]
-    with pytest.raises(ValueError, match="'yes', but the tokenizer has no chat template"):
+    with pytest.raises(ValueError, match="'yes', but the tokenizer at .* has no chat template"):
         tokenize.encode([row], "paired", tok, max_prompt_length=8, max_completion_length=4, chat_template="yes")
 
 
@@ -67,13 +70,12 @@ def test_encode_ranked_pads_ragged_k():
     assert out["input_ids"].dtype == np.int32 and out["completion_mask"].dtype == bool
     assert out["scores"].dtype == np.float32 and out["scores"].tolist() == [[2.0, 0.5, 1.0], [1.0, 0.0, 0.0]]
     assert out["rank_mask"].tolist() == [[True, True, True], [True, True, False]]
-    eos = tok.eos_token_id
     for i, row in enumerate(rows):
         p = tokenize.prompt_ids(tok, row, chat=True)
         for j, text in enumerate(row["completions"]):
             ids, mask = out["input_ids"][i, j], out["completion_mask"][i, j]
             assert ids[: len(p)].tolist() == p
-            assert ids[mask].tolist() == (ids_of(tok, text) + [eos])[:3]  # "good bad </s>" fits 3
+            assert ids[mask].tolist() == ids_of(tok, text)[:3]  # the template writes no EOS
     # the missing third completion of row 1 is all padding, no completion token
     assert np.all(out["input_ids"][1, 2] == tok.pad_token_id) and not out["completion_mask"][1, 2].any()
     # each completion row equals the paired encoding of the same prompt and completion
@@ -83,7 +85,7 @@ def test_encode_ranked_pads_ragged_k():
     np.testing.assert_array_equal(out["completion_mask"][0, 1], paired["rejected_mask"][0])
 
 
-STEP = {"prompt": [{"role": "user", "content": "2+2?"}], "prefix": "hi hello", "chosen": "4", "rejected": "5"}
+STEP = {"prompt": [{"role": "user", "content": "2+2?"}], "prefix": "hi hello ", "chosen": "4", "rejected": "5"}
 
 
 def test_encode_step_puts_the_prefix_after_the_generation_prompt_outside_the_mask():
@@ -95,7 +97,7 @@ def test_encode_step_puts_the_prefix_after_the_generation_prompt_outside_the_mas
     for side in ("chosen", "rejected"):
         ids, mask = out[f"{side}_ids"][0], out[f"{side}_mask"][0]
         assert ids[: len(p) + 2].tolist() == p + prefix
-        assert ids[mask].tolist() == ids_of(tok, STEP[side]) + [tok.eos_token_id]
+        assert ids[mask].tolist() == ids_of(tok, STEP[side])  # the template's rendering: no EOS
         assert np.flatnonzero(mask)[0] == len(p) + 2  # the prefix is not part of the completion
     # the same row as "paired" (a paired row may carry a prefix too) encodes identically
     paired = tokenize.encode([STEP], "paired", tok, max_prompt_length=12, max_completion_length=4)
@@ -108,7 +110,7 @@ def test_step_prefix_is_truncated_as_prompt_keeping_its_end():
     out = tokenize.encode([STEP], "step", tok, max_prompt_length=3, max_completion_length=4)
     p = tokenize.prompt_ids(tok, STEP, chat=True)
     assert out["chosen_ids"][0][:3].tolist() == (p + ids_of(tok, "hi hello"))[-3:]
-    assert out["chosen_mask"][0].tolist() == [False] * 3 + [True, True, False, False]
+    assert out["chosen_mask"][0].tolist() == [False] * 3 + [True, False, False, False]
 
 
 def test_pair_token_lists_match_encode():
@@ -130,10 +132,21 @@ def test_pair_token_lists_match_encode():
 def test_step_rows_from_formats_encode():
     from pojax.data import formats
 
-    row = formats.normalize({"prompt": "2+2?", "prefix": "hi hello", "chosen_step": "4", "rejected_step": "5"},
-                            "step", "steps.jsonl", 0)
     tok = make_tokenizer()
+    # a conversational prompt: the template, as the hand-built STEP row
+    row = formats.normalize({"prompt": STEP["prompt"], "prefix": "hi hello ", "chosen_step": "4", "rejected_step": "5"},
+                            "step", "steps.jsonl", 0)
+    assert row["conversational"]
     got = tokenize.encode([row], "step", tok, max_prompt_length=12, max_completion_length=4)
     want = tokenize.encode([STEP], "step", tok, max_prompt_length=12, max_completion_length=4)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+    # a plain-text prompt is raw text, not the template (the old behaviour wrapped it): prompt +
+    # prefix, then the step and EOS, as TRL treats (prompt + prefix, step)
+    row = formats.normalize({"prompt": "2+2? ", "prefix": "hi hello ", "chosen_step": "4", "rejected_step": "5"},
+                            "step", "steps.jsonl", 0)
+    assert not row["conversational"]
+    got = tokenize.encode([row], "step", tok, max_prompt_length=12, max_completion_length=4)
+    ids, mask = got["chosen_ids"][0], got["chosen_mask"][0]
+    assert ids[:5].tolist() == ids_of(tok, "2+2? hi hello 4") + [tok.eos_token_id]
+    assert mask[:5].tolist() == [False, False, False, True, True]

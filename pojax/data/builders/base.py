@@ -79,8 +79,9 @@ def data_files(root: str) -> list[str]:
 class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of pojax's builders: subclasses set ROW_FORMAT, SPLITS and ``_split_files``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Normalized pojax rows, stored as JSON text."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Normalized pojax rows, stored as JSON text.",
+                     "1.1.0": "Rows keep conversational, <field>_messages, tools and chat_template_kwargs."}
     ROW_FORMAT = ""  # the formats.normalize format of the source rows
     SPLITS: tuple[str, ...] = ("train", "test")
     LAYOUT = ""  # the expected source layout, for error messages
