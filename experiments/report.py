@@ -21,6 +21,7 @@ from absl import app, flags
 
 from experiments import sweeps
 from pojax import fs
+from pojax.preflight import flatten
 
 # final figures shown, in this order, when some run has them (results.json first, then the last metrics line)
 COLUMNS = ("gold_win_rate", "gold_reward_after", "gold_reward_before", "eval_rewards/accuracies", "eval_loss",
@@ -192,16 +193,6 @@ def report(sweep, root: str, *, plots: bool = True, out: str | None = None) -> s
     return text
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def workdirs_sweep(workdirs: list[str]) -> sweeps.Sweep:
     """A sweep over existing run directories (any runs, not only a sweep file's): each run is
     named by its path, and its swept keys are the config.json entries that differ between
@@ -209,7 +200,7 @@ def workdirs_sweep(workdirs: list[str]) -> sweeps.Sweep:
     configs = []
     for w in workdirs:
         path = os.path.join(w, "config.json")
-        configs.append(_flatten(json.loads(fs.read_text(path))) if fs.exists(path) else {})
+        configs.append(flatten(json.loads(fs.read_text(path))) if fs.exists(path) else {})
     keys = sorted({k for c in configs for k in c})
     varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     runs = tuple(sweeps.Run(name=w, overrides=c, swept={k: c.get(k) for k in varying if k in c})
