@@ -8,8 +8,9 @@ workdir alone (no model.path, no data.path: the starting checkpoint may be gone 
                           generation_config.json go to the export)
   tokenizer files         of runs on files (data.tokenizer or model.path)
 
-pojax.main rewrites ``<workdir>/config.json`` at the start of every task, the export's own
-included, so the export cannot read the run's settings from there.
+``<workdir>/config.json`` holds the same run config (pojax.main writes it, and an export or eval
+in that workdir writes ``config_<task>.json`` beside it); the spec keeps its own copy next to the
+checkpoints it describes, and a Python caller of run_train writes it without pojax.main.
 """
 from __future__ import annotations
 
