@@ -11,7 +11,7 @@ from ml_collections import config_dict
 from pojax import losses
 
 TASKS = ("sft", "pretrain", "train", "eval", "sample", "export", "diffpo")
-DATA_FORMATS = ("paired", "unpaired", "ranked", "step", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
+DATA_FORMATS = ("paired", "unpaired", "ranked", "step", "sft", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
 TRUNCATION_MODES = ("keep_start", "keep_end")  # data.truncation_mode, TRL DPOConfig's values
 LIKELIHOODS = ("autoregressive", "diffusion")
 ESTIMATORS = ("length_stratified", "length", "timestep_stratified", "timestep")  # pojax.likelihood.diffusion
@@ -95,11 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # file or dir in its upstream layout; "" for the built-in gym
-    c.data.format = "gym"  # paired | unpaired | ranked | step | hh_rlhf | ultrafeedback_binarized | kto_mix | gym
+    c.data.format = "gym"  # paired | unpaired | ranked | step | sft | hh_rlhf | ultrafeedback_binarized | kto_mix | gym
     c.data.max_prompt_length = 32  # tokens, prompts are truncated from the left
     c.data.max_completion_length = 32  # tokens, completions are truncated from the right
     c.data.max_length = 0  # TRL DPOConfig.max_length: tokens of prompt + completion per sequence, cut after the per-part limits; 0 = none (row width = max_prompt_length + max_completion_length)
     c.data.truncation_mode = "keep_start"  # TRL DPOConfig.truncation_mode: keep_start | keep_end of a sequence over data.max_length; keep_start drops rows whose prompt alone fills max_length
+    c.data.completion_only_loss = True  # TRL SFTConfig.completion_only_loss: SFT on prompt-completion rows trains the completion only (False: every token)
+    c.data.assistant_only_loss = False  # TRL SFTConfig.assistant_only_loss: SFT on conversations trains only the assistant's turns (the template's {% generation %} markers)
     c.data.packing = False  # pack pairs into fixed rows with segment ids (then train.batch_size counts rows)
     c.data.packed_length = 0  # tokens per packed row; 0 = twice the unpacked row width
     c.data.max_segments = 8  # sequences per packed row (2 per pair)
@@ -468,6 +470,12 @@ def validate(config) -> None:
     _one_of(config, "task", TASKS)
     _one_of(config, "data.format", DATA_FORMATS)
     _one_of(config, "data.truncation_mode", TRUNCATION_MODES)
+    if config.data.format == "sft" and config.task in ("train", "eval"):
+        raise ConfigError("data.format", f"'sft' rows (messages, text, or prompt + completion) hold no preferences to "
+                          f"{config.task} on: task=sft trains on them; task={config.task} reads paired, unpaired or ranked rows")
+    if config.data.assistant_only_loss and config.data.format != "sft":
+        raise ConfigError("data.assistant_only_loss", f"True applies to SFT rows (data.format=sft), not "
+                          f"data.format={config.data.format!r}")
     for key in ("data.max_length", "data.max_prompt_length", "data.max_completion_length"):
         value = config.data[key.split(".")[1]]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

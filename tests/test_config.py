@@ -63,6 +63,10 @@ def test_unset_loss_keys_are_left_to_the_loss():
         ("likelihood.chunk_size", 0, "config key likelihood.chunk_size: must be a positive integer"),
         ("likelihood.vocab_chunk_size", -1, "config key likelihood.vocab_chunk_size: must be an integer >= 0"),
         ("loss.name", "dpo2", "config key loss.name: unknown loss 'dpo2'"),
+        ("data.format", "sft", r"config key data.format: 'sft' rows \(messages, text, or prompt \+ completion\) hold "
+                               "no preferences to train on: task=sft trains on them"),
+        ("data.assistant_only_loss", True, r"config key data.assistant_only_loss: True applies to SFT rows "
+                                           r"\(data.format=sft\), not data.format='gym'"),
         ("loss.simpo_gamma", 1.0, "config key loss.simpo_gamma: loss 'sigmoid' has no hyperparameter 'simpo_gamma'"),
     ],
 )

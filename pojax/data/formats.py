@@ -15,6 +15,13 @@ Formats (``data.format``) and the normalized row each becomes:
             → {prompt, prefix, chosen, rejected}: a paired row plus ``prefix``. The model sees
             prompt + prefix + step; only the step is the completion (tokenize appends the
             prefix's tokens to the prompt's and masks them out of the completion).
+  sft       supervised fine-tuning rows in TRL SFTTrainer's layouts, one of (per row):
+            messages (a conversation, language modeling) → {messages, conversational: True};
+            conversations (ShareGPT: from / value) → the same, with ShareGPT's roles human / gpt
+            read as user / assistant (TRL's maybe_convert_to_chatml renames only the keys, and
+            templates then drop those turns: pojax departs); text (a string, language modeling) → {text};
+            prompt, completion (strings or messages, prompt-completion) → {prompt, completion,
+            prompt_text?, completion_messages?} as an unpaired row without a label.
   hh_rlhf   Anthropic HH-RLHF: chosen, rejected — whole transcripts "\\n\\nHuman: …\\n\\nAssistant:
             …" that differ only in the final assistant turn (see ``parse_hh_transcript``)
             → {prompt (the turns before the final assistant turn), chosen, rejected (the final
@@ -43,7 +50,7 @@ from collections.abc import Iterator
 
 from absl import logging
 
-FORMATS = ("paired", "unpaired", "ranked", "step", "hh_rlhf")
+FORMATS = ("paired", "unpaired", "ranked", "step", "sft", "hh_rlhf")
 # file names read_rows reads (a directory: its files with these endings, sorted)
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
@@ -276,6 +283,8 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
         out = {"prompt": _messages(row["prompt"], path, i, "prompt"), "prefix": row["prefix"],
                "chosen": steps["chosen_step"], "rejected": steps["rejected_step"]}
         _extras(row, out, path, i, "prompt")
+    elif fmt == "sft":
+        return _sft_row(row, path, i)
     elif fmt == "hh_rlhf":
         _require(row, ("chosen", "rejected"), path, i)
         prompt, chosen, prompt_text = _hh_turns(row["chosen"], path, i, "chosen")
@@ -289,6 +298,52 @@ def normalize(row: dict, fmt: str, path: str, i: int) -> dict:
     if isinstance(row.get("prompt"), str):
         out["prompt_text"] = row["prompt"]
     return out
+
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "tool": "tool"}
+
+
+def _sharegpt(value, path, i) -> list[dict]:
+    """ShareGPT turns ({from, value}) as messages ({role, content})."""
+    if not isinstance(value, list) or not value:
+        raise DataError(path, i, "conversations", "expected a non-empty list of {from, value} turns")
+    out = []
+    for turn in value:
+        if not isinstance(turn, dict) or turn.get("from") not in _SHAREGPT_ROLES or not isinstance(turn.get("value"), str):
+            raise DataError(path, i, "conversations", f"every turn needs 'from' (one of {', '.join(_SHAREGPT_ROLES)}) "
+                            "and a string 'value'")
+        out.append({"role": _SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+    return out
+
+
+def _sft_row(row: dict, path: str, i: int) -> dict:
+    """One SFT row (module docstring: format sft): language modeling (messages / conversations /
+    text) or prompt-completion."""
+    if "messages" in row or "conversations" in row:
+        field = "messages" if "messages" in row else "conversations"
+        if isinstance(row[field], str):
+            raise DataError(path, i, field, "expected a list of messages, got a string (a plain-text row is 'text')")
+        msgs = _messages(row[field], path, i, field) if field == "messages" else _sharegpt(row[field], path, i)
+        out = _extras(row, {"messages": msgs}, path, i)
+        out["conversational"] = True
+        return out
+    if "prompt" in row or "completion" in row:
+        _require(row, ("prompt", "completion"), path, i)
+        out = {"prompt": _messages(row["prompt"], path, i, "prompt"),
+               "completion": _completion(row["completion"], path, i, "completion")}
+        if _is_messages(row["completion"]):
+            out["completion_messages"] = list(row["completion"])
+        _extras(row, out, path, i, "prompt", "completion")
+        if isinstance(row["prompt"], str):
+            out["prompt_text"] = row["prompt"]
+        return out
+    if "text" in row:
+        if not isinstance(row["text"], str) or not row["text"]:
+            raise DataError(path, i, "text", f"expected a non-empty string, got {row['text']!r}")
+        return {"text": row["text"], "conversational": False}
+    raise DataError(path, i, "-", "an SFT row needs 'messages' (or ShareGPT 'conversations'), 'text', or 'prompt' and "
+                    f"'completion'; it has {', '.join(sorted(row)) or 'no fields'}")
 
 
 def load(path: str, fmt: str, *, skip_bad_rows: bool = False) -> list[dict]:

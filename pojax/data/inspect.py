@@ -15,6 +15,10 @@ overrides, checks and one-line errors, exit status 2) and prints
   drops (a prompt that alone fills data.max_length, as TRL drops it) and truncates (prompt, each
   completion), and how much of the row width is padding; the same for the upstream test split
   of hh_rlhf / ultrafeedback_binarized / kto_mix layouts.
+
+SFT rows (data.format=sft, encoded by ``pojax.data.sft``) print each sequence with ``▕`` at every
+edge of a trained span (an assistant-only mask trains several), and the statistics of sequence
+lengths before truncation, trained tokens per row, drops and padding.
 """
 from __future__ import annotations
 
@@ -111,7 +115,7 @@ def statistics(rows: list[dict], fmt: str, tokenizer, config) -> dict:
         raise
     except ValueError as e:  # as pojax.train.data reports it
         raise ConfigError("data.chat_template", str(e).removeprefix("config key data.chat_template: ")) from None
-    pad = tokenize._pad_id(tokenizer)
+    pad = tokenize.pad_id(tokenizer)
     trained: list = [None] * len(rows)
     for j, i in enumerate(report["kept_index"]):
         trained[i] = [(len(p), len(c)) for p, c, _ in (parts(ids, mask, pad) for _, ids, mask in
@@ -157,6 +161,65 @@ def summary(stats: dict, fmt: str) -> list[str]:
     return lines
 
 
+def sft_spans(ids: np.ndarray, mask: np.ndarray, pad: int) -> tuple[list[tuple[bool, np.ndarray]], int]:
+    """([(trained?, ids)] runs of one encoded SFT sequence in order, padding count)."""
+    end = len(ids)
+    while end and ids[end - 1] == pad and not mask[end - 1]:
+        end -= 1
+    edges = [0] + [k for k in range(1, end) if mask[k] != mask[k - 1]] + [end]
+    return [(bool(mask[a]), ids[a:b]) for a, b in zip(edges, edges[1:]) if b > a], len(ids) - end
+
+
+def sft_statistics(rows: list[dict], tokenizer, config) -> dict:
+    """SFT ``rows`` encoded as task=sft encodes them: {"arrays", "kept", "full": [len(rows)]
+    sequence tokens before truncation, "width"}."""
+    from pojax.data import sft, tokenize
+
+    d, report = config.data, {}
+    width = tokenize.row_width(d.max_prompt_length, d.max_completion_length, d.max_length)
+    kw = dict(completion_only_loss=d.completion_only_loss, assistant_only_loss=d.assistant_only_loss,
+              chat_template=d.chat_template)
+    arrays = sft.encode(rows, tokenizer, width=width, truncation_mode=d.truncation_mode, path=d.path, report=report, **kw)
+    template = sft.training_template(tokenizer) if d.assistant_only_loss else None
+    full = [len(sft.sequence(tokenizer, row, template=template, **kw)[0]) for row in rows]
+    return {"arrays": arrays, "kept": list(report["kept_index"]), "full": full, "width": width}
+
+
+def sft_summary(stats: dict, pad: int) -> list[str]:
+    """Rows and drops, sequence tokens before truncation (and how many are cut), trained tokens
+    per kept row, the padding share."""
+    full, kept, ids, mask = stats["full"], stats["kept"], stats["arrays"]["input_ids"], stats["arrays"]["completion_mask"]
+    real = [len(ids[j]) - sft_spans(ids[j], mask[j], pad)[1] for j in range(len(kept))]
+    cut = sum(full[i] > r for i, r in zip(kept, real))
+    return [f"rows {len(full)}, dropped {_share(len(full) - len(kept), len(full))}",
+            f"  {'sequence tokens':<18} {_percentiles(full)}   truncated {_share(cut, len(kept))}",
+            f"  {'trained tokens':<18} {_percentiles(mask.sum(axis=1).tolist())}",
+            f"  row width {stats['width']} tokens, {100 * (1 - sum(real) / (len(kept) * stats['width'])):.1f}% of it padding"]
+
+
+def describe_sft(config, tokenizer, rows: list[dict], num_rows: int, out=print) -> None:
+    """``describe`` for SFT rows."""
+    from pojax.data import tokenize
+
+    decode = lambda ids: tokenizer.decode([int(t) for t in ids], skip_special_tokens=False,
+                                          clean_up_tokenization_spaces=False)
+    pad, stats = tokenize.pad_id(tokenizer), sft_statistics(rows, tokenizer, config)
+    ids, mask = stats["arrays"]["input_ids"], stats["arrays"]["completion_mask"]
+    for j, i in enumerate(stats["kept"][:num_rows]):
+        spans, padding = sft_spans(ids[j], mask[j], pad)
+        kept, full = len(ids[j]) - padding, stats["full"][i]
+        out("")
+        out(f"── row {i} · {kept} tokens{f' (of {full})' if full > kept else ''} │ trained "
+            f"{int(mask[j].sum())} in {sum(t for t, _ in spans)} span(s) between {BOUNDARY} │ padding {padding}")
+        out("".join((f"{BOUNDARY}{decode(run)}{BOUNDARY}" if trained else decode(run)) for trained, run in spans)
+            + (f"⟦pad ×{padding}⟧" if padding else ""))
+    lines = sft_summary(stats, pad)
+    out("")
+    out(f"── statistics of data.path (token counts before truncation): {lines[0]}")
+    for line in lines[1:]:
+        out(line)
+
+
 def describe(config, tokenizer, num_rows: int, out=print) -> None:
     """Prints the first ``num_rows`` rows of data.path as training encodes them and the
     statistics of the file (and of the upstream test split, when the layout has one)."""
@@ -167,9 +230,13 @@ def describe(config, tokenizer, num_rows: int, out=print) -> None:
         f"{'set' if getattr(tokenizer, 'chat_template', None) else 'none'}, data.chat_template={d.chat_template})")
     out(f"limits: data.max_prompt_length={d.max_prompt_length} data.max_completion_length={d.max_completion_length} "
         f"data.max_length={d.max_length} data.truncation_mode={d.truncation_mode}")
+    if fmt == "sft":
+        out(f"SFT loss: data.completion_only_loss={d.completion_only_loss} "
+            f"data.assistant_only_loss={d.assistant_only_loss}")
+        return describe_sft(config, tokenizer, train_rows, num_rows, out)
     from pojax.data import tokenize
 
-    pad = tokenize._pad_id(tokenizer)
+    pad = tokenize.pad_id(tokenizer)
     stats = statistics(train_rows, fmt, tokenizer, config)
     for j, i in enumerate(stats["kept"][:num_rows]):
         for s, (name, ids, mask) in enumerate(sequences(stats["arrays"], fmt, j)):

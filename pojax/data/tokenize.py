@@ -65,7 +65,7 @@ def is_conversational(row: dict) -> bool:
     return ("prompt_text" not in row) if flag is None else bool(flag)
 
 
-def _templated(row: dict, mode) -> bool:
+def templated(row: dict, mode) -> bool:
     """Whether ``row`` goes through the chat template; ``mode`` is a data.chat_template value or,
     from older callers, a bool (True: the template for every row, False: none)."""
     if isinstance(mode, bool):
@@ -80,7 +80,7 @@ def check_template(tokenizer, rows: list[dict], mode) -> None:
     and the tokenizer has none."""
     if getattr(tokenizer, "chat_template", None):
         return
-    if any(_templated(r, mode) for r in rows):
+    if any(templated(r, mode) for r in rows):
         from pojax.config import ConfigError
 
         where = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
@@ -90,27 +90,27 @@ def check_template(tokenizer, rows: list[dict], mode) -> None:
                           "tokenizer with a chat template)")
 
 
-def _template_kwargs(row: dict) -> dict:
+def template_kwargs(row: dict) -> dict:
     tools = row.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     return {"tools": tools, **(row.get("chat_template_kwargs") or {})}
 
 
 def _render(tokenizer, messages: list, row: dict, **kw) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **_template_kwargs(row), **kw)
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **template_kwargs(row), **kw)
     return list(out["input_ids"])
 
 
-def _prompt_text(row: dict) -> str:
+def prompt_text(row: dict) -> str:
     text = row.get("prompt_text")
     return text if isinstance(text, str) else "\n".join(m["content"] for m in row["prompt"])
 
 
-def _as_messages(completion) -> list:
+def as_messages(completion) -> list:
     return completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
 
 
-def _prompt_messages(row: dict) -> list:
+def prompt_messages(row: dict) -> list:
     if is_conversational(row) or "prompt_text" not in row:
         return list(row["prompt"])
     return [{"role": "user", "content": row["prompt_text"]}]
@@ -127,7 +127,7 @@ def completions_of(row: dict, fmt: str) -> list:
     return [row.get(f"{k}_messages") or row[k] for k in keys[fmt]]
 
 
-def _text(completion) -> str:
+def text_of(completion) -> str:
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
@@ -136,35 +136,40 @@ _warned = False
 
 def sequences(tokenizer, row: dict, completions: list, mode="auto") -> tuple[list[int], list[list[int]]]:
     """(prompt ids, [completion ids, …]) of one row, untruncated (module docstring)."""
-    global _warned
     prefix = row.get("prefix") or ""
-    if _templated(row, mode):
-        prompt = _prompt_messages(row)
+    if templated(row, mode):
+        prompt = prompt_messages(row)
         if prefix:
             p = _render(tokenizer, prompt + [{"role": "assistant", "content": prefix}], row, continue_final_message=True)
-            fulls = [_render(tokenizer, prompt + [{"role": "assistant", "content": prefix + _text(c)}], row)
+            fulls = [_render(tokenizer, prompt + [{"role": "assistant", "content": prefix + text_of(c)}], row)
                      for c in completions]
         else:
             p = _render(tokenizer, prompt, row, add_generation_prompt=True)
-            fulls = [_render(tokenizer, prompt + _as_messages(c), row) for c in completions]
+            fulls = [_render(tokenizer, prompt + as_messages(c), row) for c in completions]
     else:
-        text, eos = _prompt_text(row) + prefix, tokenizer.eos_token or ""
+        text, eos = prompt_text(row) + prefix, tokenizer.eos_token or ""
         p = list(tokenizer(text)["input_ids"])
         fulls = []
         for c in completions:
-            c = _text(c)
+            c = text_of(c)
             fulls.append(list(tokenizer(text + (c if c.endswith(eos) else c + eos))["input_ids"]))
-    n = min(_common_prefix(p, f) for f in fulls)
+    n = min(common_prefix(p, f) for f in fulls)
+    warn_prompt_cut(tokenizer, p, n)
+    return p[:n], [f[n:] for f in fulls]
+
+
+def warn_prompt_cut(tokenizer, p: list[int], n: int) -> None:
+    """TRL's warning, once per process, when the completion starts at ``n`` < len(p)."""
+    global _warned
     if n < len(p) and not _warned:
         _warned = True
         logging.warning("the tokenized prompt is not a prefix of the tokenized prompt + completion (the chat template "
                         "renders the prompt alone differently, or tokens merge across the boundary); as TRL does, the "
                         "completion starts where they diverge and this end of the prompt is left out: %r (shown once)",
                         tokenizer.decode(p[n:]))
-    return p[:n], [f[n:] for f in fulls]
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -177,9 +182,9 @@ def prompt_ids(tokenizer, row: dict, chat="auto") -> list[int]:
     """The prompt as the model sees it at generation: the template with the generation prompt
     (conversational rows) or the prompt text with the tokenizer's special tokens (standard rows);
     ``chat`` is a data.chat_template mode (or a bool: template for every row or none)."""
-    if _templated(row, chat):
-        return _render(tokenizer, _prompt_messages(row), row, add_generation_prompt=True)
-    return list(tokenizer(_prompt_text(row))["input_ids"])
+    if templated(row, chat):
+        return _render(tokenizer, prompt_messages(row), row, add_generation_prompt=True)
+    return list(tokenizer(prompt_text(row))["input_ids"])
 
 
 def completion_ids(tokenizer, text: str) -> list[int]:
@@ -192,10 +197,10 @@ def context_ids(tokenizer, row: dict, chat="auto") -> list[int]:
     """The tokens before a step row's completion (``prompt_ids`` when it has no ``prefix``)."""
     if not row.get("prefix"):
         return prompt_ids(tokenizer, row, chat)
-    if _templated(row, chat):
-        msgs = _prompt_messages(row) + [{"role": "assistant", "content": row["prefix"]}]
+    if templated(row, chat):
+        msgs = prompt_messages(row) + [{"role": "assistant", "content": row["prefix"]}]
         return _render(tokenizer, msgs, row, continue_final_message=True)
-    return list(tokenizer(_prompt_text(row) + row["prefix"])["input_ids"])
+    return list(tokenizer(prompt_text(row) + row["prefix"])["input_ids"])
 
 
 def row_width(max_prompt_length: int, max_completion_length: int, max_length: int = 0) -> int:
@@ -234,7 +239,7 @@ def _dropped(p: list[int], *, max_prompt_length: int = 0, max_length: int = 0, t
     return len(p[-max_prompt_length:] if max_prompt_length else p) >= max_length
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
@@ -266,7 +271,7 @@ def encode(rows: list[dict], fmt: str, tokenizer, *, max_prompt_length: int, max
     width = row_width(max_prompt_length, max_completion_length, max_length)
     lim = dict(max_prompt_length=max_prompt_length, max_completion_length=max_completion_length,
                max_length=max_length, truncation_mode=truncation_mode)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     cols: dict[str, list] = {}
     kept = []
     k = max((len(r["completions"]) for r in rows), default=0) if fmt == "ranked" else 0

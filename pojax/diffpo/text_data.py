@@ -118,7 +118,7 @@ def training_rows(rows: list[dict], tokenizer, *, max_prompt_length: int, max_co
     """
     if max_states < 1:
         raise ValueError(f"diffpo: max_states must be >= 1, got {max_states}")
-    pad = tokenize._pad_id(tokenizer)
+    pad = tokenize.pad_id(tokenizer)
     width = max_prompt_length + max_completion_length
     n = len(rows)
     target = np.full((n, width), pad, np.int32)

@@ -18,7 +18,7 @@ from pojax.losses import input_kind
 
 # data.format -> how its rows are tokenized (pojax.data.tokenize.encode)
 FILE_FORMATS = {"paired": "paired", "step": "step", "hh_rlhf": "paired", "ultrafeedback_binarized": "paired",
-                "unpaired": "unpaired", "kto_mix": "unpaired", "ranked": "ranked"}
+                "unpaired": "unpaired", "kto_mix": "unpaired", "ranked": "ranked", "sft": "sft"}
 # upstream dataset layouts, prepared by their TFDS builders: data.format -> (train split, test split)
 UPSTREAM_SPLITS = {"hh_rlhf": ("train", "test"), "ultrafeedback_binarized": ("train_prefs", "test_prefs"),
                    "kto_mix": ("train", "test")}
@@ -254,11 +254,30 @@ def sft_data(config, tokenizer) -> RunData:
         gym = gym_lib.from_config(config)
         return RunData(gym.vocab_size, gym_lib.training_rows(gym, "sft", config.train.seed, config.data.gym.num_train),
                        {}, None, gym)
+    if config.data.format == "sft":
+        return _sft_file(config, tokenizer)
     fmt, arrays, _, dropped = _file_arrays(config, tokenizer)
     rows = _sft_rows(fmt, arrays)
     if not len(rows["input_ids"]):
         raise ConfigError("data.path", f"{config.data.path}: no desirable (label = true) rows to fine-tune on")
     return RunData(None, rows, {}, None, dropped_rows=dropped)
+
+
+def _sft_file(config, tokenizer) -> RunData:
+    """SFT rows of a data.format=sft file, tokenized as TRL's SFTTrainer does (pojax.data.sft)."""
+    from pojax.data import sft
+
+    rows, _ = _read(config)
+    report = {}
+    arrays = sft.encode(rows, tokenizer, width=tokenize.row_width(config.data.max_prompt_length,
+                                                                  config.data.max_completion_length, config.data.max_length),
+                        truncation_mode=config.data.truncation_mode, completion_only_loss=config.data.completion_only_loss,
+                        assistant_only_loss=config.data.assistant_only_loss, chat_template=config.data.chat_template,
+                        path=config.data.path, report=report)
+    if report["dropped_rows"]:
+        logging.warning("%s: dropped %d of %d rows left with no token to train on at data.max_length (as TRL drops "
+                        "them)", config.data.path, report["dropped_rows"], len(rows))
+    return RunData(None, arrays, {}, None, dropped_rows={"dropped_rows": report["dropped_rows"]})
 
 
 def pretrain_data(config, tokenizer) -> RunData:

@@ -287,7 +287,7 @@ def evaluate_answers(aligner, tokenizer, rows: list[dict], config) -> dict:
             entry["rm_reward_base"] = None
         for label, k in budgets:
             toks, stats = refine(aligner, None, p_ids, b_ids, max_steps=k, block_size=n, eos_id=tokenizer.eos_token_id,
-                                 pad_id=tokenize._pad_id(tokenizer), on_overflow=d.on_overflow, batch_size=batch,
+                                 pad_id=tokenize.pad_id(tokenizer), on_overflow=d.on_overflow, batch_size=batch,
                                  return_stats=True, temperature=d.temperature, prefix_cache=d.prefix_cache,
                                  key=jax.random.PRNGKey(config.train.seed + 3))
             text = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]

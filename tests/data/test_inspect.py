@@ -148,3 +148,33 @@ def test_bad_input_is_one_line_as_in_pojax_main(tokenizer_dir, tmp_path):
     assert bad.returncode == 2 and bad.stderr == f"pojax: {data}: row 1: field 'rejected': missing\n", bad.stderr
     gym = inspect_cmd(f"--config.data.tokenizer={tokenizer_dir}", "--config.data.format=gym")
     assert gym.returncode == 2 and gym.stderr.startswith("pojax: config key data.format: 'gym' is built in memory")
+
+
+def test_sft_rows_show_every_trained_span(real_tokenizers, tmp_path):
+    """data.format=sft with assistant_only_loss, in-process: each printed row marks exactly the
+    assistant turns of a multi-turn conversation (independently: the messages' contents), and the
+    statistics count the row that max_length leaves nothing to train on."""
+    from pojax.data.inspect import describe
+    from pojax.train.data import sft_data
+
+    tokenizer = real_tokenizers.get("qwen3_training")  # a template with {% generation %} markers
+    turns = [msg("user", "What is 2+2?"), msg("assistant", "4."), msg("user", "And 3+3?"), msg("assistant", "6.")]
+    rows = [{"messages": turns}, {"messages": [msg("user", "word " * 60), msg("assistant", "ok")]},
+            {"messages": [SYSTEM, msg("user", "Hi"), msg("assistant", "Hello!")]}]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = recipe("dpo", **{"task": "sft", "data.path": str(data), "data.format": "sft", "data.max_length": 48,
+                              "data.assistant_only_loss": True})
+    lines = []
+    describe(config, tokenizer, 3, out=lines.append)
+    out = "\n".join(lines)
+    blocks = [re.match(r"row (\d+) · (\d+) tokens[^\n]*trained (\d+) in (\d+) span\(s\)[^\n]*\n(.*)", b, re.S).groups()
+              for b in out.split("\n\n── ")[1:] if b.startswith("row ")]
+    assert [b[0] for b in blocks] == ["0", "2"]  # row 1's 60-word prompt fills max_length: dropped, as TRL drops it
+    spans = re.findall("▕(.*?)▕", blocks[0][4], re.S)
+    assert len(spans) == 2 and spans[0].startswith("<think>") and "4." in spans[0] and "6." in spans[1]
+    assert "2+2" not in "".join(spans) and "2+2" in blocks[0][4]
+    arrays = sft_data(config, tokenizer).sft  # what task=sft trains on: the same tokens and mask
+    assert int(blocks[0][2]) == int(arrays["completion_mask"][0].sum())
+    assert int(blocks[1][1]) == int((arrays["input_ids"][1] != tokenizer.pad_token_id).sum())
+    assert "rows 3, dropped 1 (33.3%)" in out and "truncated 0 (0.0%)" in out and "data.assistant_only_loss=True" in out

@@ -90,7 +90,7 @@ def check_paired(tok, rows, tmp_path, *, max_length=0, mode="keep_start", mp=0, 
                           truncation_mode=mode, report=report)
     kept = [i for i, w in enumerate(want) if w is not None]
     assert report["kept_index"].tolist() == kept and report["dropped_rows"] == len(rows) - len(kept)
-    pad = tokenize._pad_id(tok)
+    pad = tokenize.pad_id(tok)
     for j, i in enumerate(kept):
         for s, side in enumerate(("chosen", "rejected")):
             assert got[f"{side}_ids"].shape[1] == width
@@ -190,7 +190,7 @@ def test_unpaired_rows_equal_trl_kto(real_tokenizers, family, standard, tmp_path
         kept = [i for i, w in enumerate(want) if w is not None]
         assert report["kept_index"].tolist() == kept and (max_length == 0 or len(kept) < len(rows))
         for j, i in enumerate(kept):
-            assert_same(got["input_ids"][j], got["completion_mask"][j], want[i], tokenize._pad_id(tok))
+            assert_same(got["input_ids"][j], got["completion_mask"][j], want[i], tokenize.pad_id(tok))
             assert bool(got["label"][j]) == rows[i]["label"]
 
 
@@ -203,7 +203,7 @@ def test_paired_rows_unpaired_equal_trl_kto_on_the_pairs(real_tokenizers, tmp_pa
                           max_prompt_length=256, max_completion_length=256)
     for i in range(n):
         for j, side in ((2 * i, i), (2 * i + 1, n + i)):
-            assert_same(got["input_ids"][j], got["completion_mask"][j], want[side], tokenize._pad_id(tok))
+            assert_same(got["input_ids"][j], got["completion_mask"][j], want[side], tokenize.pad_id(tok))
 
 
 @pytest.mark.parametrize("family", ("llama3_1_instruct", "qwen3", "llama3_base"))
@@ -216,7 +216,7 @@ def test_ranked_rows_equal_trl_dpo_per_completion(real_tokenizers, family, tmp_p
     pairs = trl_dpo(tok, src, None, "keep_start", tmp_path)
     for i in range(len(rows)):
         for j, s in ((0, 0), (1, 1), (2, 0)):
-            assert_same(got["input_ids"][i, j], got["completion_mask"][i, j], pairs[i][s], tokenize._pad_id(tok))
+            assert_same(got["input_ids"][i, j], got["completion_mask"][i, j], pairs[i][s], tokenize.pad_id(tok))
 
 
 def test_step_rows_equal_trl_dpo_on_prompt_plus_prefix(real_tokenizers, tmp_path):
@@ -229,7 +229,7 @@ def test_step_rows_equal_trl_dpo_on_prompt_plus_prefix(real_tokenizers, tmp_path
                          for r in rows], None, "keep_start", tmp_path)
     got = tokenize.encode(load(rows, "step", tmp_path), "step", tok, max_prompt_length=64, max_completion_length=64)
     for s, side in enumerate(("chosen", "rejected")):
-        assert_same(got[f"{side}_ids"][0], got[f"{side}_mask"][0], want[0][s], tokenize._pad_id(tok))
+        assert_same(got[f"{side}_ids"][0], got[f"{side}_mask"][0], want[0][s], tokenize.pad_id(tok))
     tok = real_tokenizers.get("qwen2_5")
     row = dict(rows[0], prompt=[msg("user", "Q: 12*3?")])
     got = tokenize.encode(load([row], "step", tmp_path), "step", tok, max_prompt_length=128, max_completion_length=64)
@@ -259,7 +259,7 @@ def test_sft_completion_mask_equals_trl_sft(real_tokenizers, tmp_path):
                               max_completion_length=256)
         for i, ex in enumerate(out):
             mask = [int(label != -100) for label in ex["labels"]]
-            assert_same(got["chosen_ids"][i], got["chosen_mask"][i], (ex["input_ids"], mask), tokenize._pad_id(tok))
+            assert_same(got["chosen_ids"][i], got["chosen_mask"][i], (ex["input_ids"], mask), tokenize.pad_id(tok))
 
 
 def test_conversational_rows_without_a_template_name_the_key_and_tokenizer(real_tokenizers, tmp_path):

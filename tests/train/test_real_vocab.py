@@ -95,3 +95,23 @@ def test_dpo_two_steps_on_llama3_vocabulary(llama3_dir, tmp_path):
     results = json.loads((workdir / "results.json").read_text())
     assert results["eval_num_examples"] == 2 and math.isfinite(results["eval_loss"])
     assert "pojax: outputs in" in proc.stdout
+
+
+def test_sft_on_conversations_with_the_llama3_vocabulary(llama3_dir, tmp_path):
+    """task=sft on a file of TRL SFT rows (messages), in-process: the trained tokens are the
+    rendered conversations (pojax.data.sft, tested against TRL in tests/data/test_sft_trl.py),
+    and a random model's first NLL is log V (every token about equally likely at init)."""
+    from pojax.train.tasks import run_sft
+    from tests.train.helpers import quick_config
+
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in TRAIN))
+    config = quick_config(**{
+        "task": "sft", "model.path": llama3_dir, "data.path": str(path), "data.format": "sft", "data.max_length": 96,
+        "train.batch_size": 2, "train.max_steps": 2, "likelihood.chunk_size": 32, "logging.plots": False,
+        "optimizer.warmup_steps": 0, "optimizer.learning_rate": 1e-3, "eval.num_examples": 0})
+    results = run_sft(config, str(tmp_path / "run"))
+    assert results["sft_examples"] == len(TRAIN)
+    rows = read_jsonl(tmp_path / "run" / "metrics_sft.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["nll"] == pytest.approx(math.log(LLAMA3_VOCAB), abs=0.05)
