@@ -398,6 +398,10 @@ def _validate_packing(config) -> None:
         raise ConfigError("data.packing", "packing serves paired data and losses only; set data.packing=False")
     if config.task != "train":
         raise ConfigError("data.packing", f"task {config.task!r} reads unpacked rows; set data.packing=False")
+    if config.data.truncation_mode == "keep_end" and config.data.max_length:
+        raise ConfigError("data.truncation_mode", "'keep_end' with data.packing: the two sides of a pair may keep "
+                          "different ends of their prompt, and a packed pair shares one prompt; use keep_start or "
+                          "data.packing=False")
     if config.data.max_segments < 2 or config.data.max_segments % 2:
         raise ConfigError("data.max_segments", f"must be an even number >= 2, got {config.data.max_segments}")
     try:

@@ -81,6 +81,16 @@ def test_bad_values_name_their_key(key, value, message):
         validate(config)
 
 
+def test_keep_end_is_refused_with_packing():
+    config = base_config()
+    config.data.format, config.data.max_length, config.data.packing = "paired", 64, True
+    config.data.truncation_mode = "keep_end"
+    with pytest.raises(ConfigError, match="config key data.truncation_mode: 'keep_end' with data.packing"):
+        validate(config)
+    config.data.truncation_mode = "keep_start"
+    validate(config)
+
+
 def test_reference_free_mode_needs_a_reference_free_loss():
     config = base_config()
     config.reference.mode = "none"

@@ -368,18 +368,26 @@ def load(path: str, fmt: str, *, skip_bad_rows: bool = False) -> list[dict]:
     return rows
 
 
+UNPAIR_CHUNK = 1000  # datasets' Dataset.map batch size, in which TRL's unpair_preference_dataset works
+
+
 def unpair(rows: list[dict]) -> list[dict]:
     """Normalized paired rows as unpaired ones, as TRL's ``unpair_preference_dataset`` does:
-    each pair becomes (prompt, chosen, label=True) then (prompt, rejected, label=False) — how
-    the ELBO-KTO paper trains KTO on UltraFeedback-binarized."""
+    each pair gives (prompt, chosen, label=True) and (prompt, rejected, label=False), in TRL's
+    order — per chunk of 1,000 pairs, every chosen row then every rejected row. The order
+    matters: KTO's mismatched (KL) completions are the previous row's (``tokenize.mismatched``),
+    which in this order belong to another prompt; interleaved, a rejected row would get its own
+    prompt's chosen completion. How the ELBO-KTO paper trains KTO on UltraFeedback-binarized."""
     out = []
-    for row in rows:
-        keep = {k: row[k] for k in ("prompt_text", "conversational", "tools", "chat_template_kwargs") if k in row}
+    for start in range(0, len(rows), UNPAIR_CHUNK):
+        chunk = rows[start:start + UNPAIR_CHUNK]
         for side, label in (("chosen", True), ("rejected", False)):
-            new = {"prompt": row["prompt"], "completion": row[side], "label": label, **keep}
-            if f"{side}_messages" in row:
-                new["completion_messages"] = row[f"{side}_messages"]
-            out.append(new)
+            for row in chunk:
+                keep = {k: row[k] for k in ("prompt_text", "conversational", "tools", "chat_template_kwargs") if k in row}
+                new = {"prompt": row["prompt"], "completion": row[side], "label": label, **keep}
+                if f"{side}_messages" in row:
+                    new["completion_messages"] = row[f"{side}_messages"]
+                out.append(new)
     return out
 
 

@@ -321,7 +321,7 @@ def pair_token_lists(rows: list[dict], tokenizer, *, max_prompt_length: int, max
     """(prompt ids, chosen ids, rejected ids) of each kept paired or step row, unpadded, truncated
     and dropped as ``encode`` does (the prefix of a step row is part of the prompt): the input of
     ``pojax.data.packing``. With keep_end truncation the two sides may keep different prompt
-    lengths; the prompt returned is the chosen side's."""
+    lengths; the prompt returned is the chosen side's (the config refuses keep_end with packing)."""
     check_template(tokenizer, rows, chat_template)
     lim = dict(max_prompt_length=max_prompt_length, max_completion_length=max_completion_length,
                max_length=max_length, truncation_mode=truncation_mode)

@@ -194,16 +194,26 @@ def test_unpaired_rows_equal_trl_kto(real_tokenizers, family, standard, tmp_path
             assert bool(got["label"][j]) == rows[i]["label"]
 
 
-def test_paired_rows_unpaired_equal_trl_kto_on_the_pairs(real_tokenizers, tmp_path):
-    """KTO on paired rows: TRL unpairs them (unpair_preference_dataset); pojax's formats.unpair."""
+def test_paired_rows_unpaired_equal_trl_kto_in_trls_order(real_tokenizers, tmp_path):
+    """KTO on paired rows: pojax's formats.unpair gives TRL's rows (unpair_preference_dataset, then
+    KTO's preparation) in TRL's order, so each row's mismatched KL completion (the previous row's,
+    tokenize.mismatched) is another prompt's, as in TRL."""
+    from trl.data_utils import unpair_preference_dataset
+
     tok = real_tokenizers.get("qwen2_5")
-    want = trl_kto(tok, CONVERSATIONAL, None, tmp_path)  # TRL's order: every chosen, then every rejected
-    n = len(CONVERSATIONAL)
+    ds = unpair_preference_dataset(datasets.Dataset.from_list(CONVERSATIONAL))
+    want = trl_kto(tok, [dict(r) for r in ds], None, tmp_path)
     got = tokenize.encode(formats.unpair(load(CONVERSATIONAL, "paired", tmp_path)), "unpaired", tok,
                           max_prompt_length=256, max_completion_length=256)
-    for i in range(n):
-        for j, side in ((2 * i, i), (2 * i + 1, n + i)):
-            assert_same(got["input_ids"][j], got["completion_mask"][j], want[side], tokenize.pad_id(tok))
+    assert got["label"].tolist() == ds["label"]
+    for j, w in enumerate(want):
+        assert_same(got["input_ids"][j], got["completion_mask"][j], w, tokenize.pad_id(tok))
+    kl_ids, kl_mask = tokenize.mismatched(got["input_ids"], got["completion_mask"])
+    for j in range(len(kl_ids)):  # the twin's completion is another pair's
+        twin = kl_ids[j][kl_mask[j]].tolist()
+        own = [got["input_ids"][k][got["completion_mask"][k]].tolist() for k in range(len(kl_ids))
+               if ds[k]["prompt"] == ds[j]["prompt"]]
+        assert twin not in own
 
 
 @pytest.mark.parametrize("family", ("llama3_1_instruct", "qwen3", "llama3_base"))

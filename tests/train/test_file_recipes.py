@@ -102,8 +102,8 @@ def test_paired_rows_train_an_unpaired_loss(hf_dir, tmp_path):
 
     pairs = rows("paired", n=20)
     got = unpair([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
-    assert [r["label"] for r in got[:4]] == [True, False, True, False]
-    assert got[0]["completion"] == "good yes" and got[1]["completion"] == "bad no go away"
+    assert [r["label"] for r in got] == [True] * 20 + [False] * 20  # TRL's order: every chosen, then every rejected
+    assert got[0]["completion"] == "good yes" and got[20]["completion"] == "bad no go away"
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     config = recipe("kto", **SMALL, **{"model.path": hf_dir, "data.path": str(data), "data.format": "paired",
