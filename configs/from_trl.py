@@ -4,8 +4,8 @@
 
 The text after ':' is the YAML's path (ml_collections passes it to get_config). Each key is
 mapped to pojax's key with TRL's value, accepted where it changes nothing, or refused with one
-line naming it (pojax.trl_config); keys left out take TRL 1.16's defaults. ``trainer: kto | cpo |
-orpo`` in the YAML picks KTOConfig / CPOConfig / ORPOConfig (default: dpo). output_dir is the
+line naming it (pojax.trl_config); keys left out take TRL 1.16's defaults. ``trainer: kto | sft | cpo |
+orpo`` in the YAML picks KTOConfig / SFTConfig (task=sft on data.format=sft rows) / CPOConfig / ORPOConfig (default: dpo). output_dir is the
 run directory unless --workdir is given. --config.<key> overrides apply on top, as for any recipe.
 Without ':x.yaml' it reads configs/trl_dpo_example.yaml.
 """

@@ -2,12 +2,13 @@
 
     python -m pojax.main --config=configs/from_trl.py:x.yaml [--workdir=DIR] [--config.<key>=...]
 
-The YAML holds the fields of TRL 1.16's trainer config (``DPOConfig``, ``KTOConfig``, and the
-experimental ``CPOConfig`` / ``ORPOConfig``, all on transformers' ``TrainingArguments``) and of
-its script's ``ScriptArguments``, ``ModelConfig`` and ``DatasetMixtureConfig``. The optional key
-``trainer: dpo | kto | cpo | orpo`` (default dpo) picks the config class, as the subcommand of
-``trl dpo`` / ``trl kto`` does (TRL's parser ignores a key it does not know, so the same file
-still runs under TRL).
+The YAML holds the fields of TRL 1.16's trainer config (``DPOConfig``, ``KTOConfig``,
+``SFTConfig``, and the experimental ``CPOConfig`` / ``ORPOConfig``, all on transformers'
+``TrainingArguments``) and of its script's ``ScriptArguments``, ``ModelConfig`` and
+``DatasetMixtureConfig``. The optional key ``trainer: dpo | kto | sft | cpo | orpo`` (default dpo)
+picks the config class, as the subcommand of ``trl dpo`` / ``trl kto`` / ``trl sft`` does (TRL's
+parser ignores a key it does not know, so the same file still runs under TRL). An ``sft`` YAML
+runs ``task=sft`` on ``data.format=sft`` rows (pojax.data.sft: TRL's SFT tokenization).
 
 Every key of the YAML is one of three things, decided by name (``KEYS``):
   mapped     to the pojax key of the same meaning, with TRL's value (``to_config``);
@@ -28,7 +29,7 @@ import ml_collections
 from pojax import losses
 from pojax.config import ConfigError, base_config
 
-TRAINERS = ("dpo", "kto", "cpo", "orpo")
+TRAINERS = ("dpo", "kto", "sft", "cpo", "orpo")
 
 # TRL 1.16 / transformers 5 defaults of every key this module reads (tests/test_trl_config.py
 # checks them against the dataclasses). TrainingArguments' as TRL's _BaseConfig overrides them
@@ -57,6 +58,9 @@ DEFAULTS = {
     "cpo": dict(_COMMON, loss_type="sigmoid", beta=0.1, label_smoothing=0.0, cpo_alpha=1.0, simpo_gamma=0.5,
                 alpha=0.0, max_completion_length=None),
     "orpo": dict(_COMMON, beta=0.1, max_completion_length=None),
+    "sft": dict(_COMMON, learning_rate=2e-5, truncation_mode="keep_start", padding_free=False, packing=False,
+                completion_only_loss=None, assistant_only_loss=False, loss_type="nll", dataset_text_field="text",
+                pad_to_multiple_of=None),
 }
 # each trainer's loss hyperparameters (TRL's names = pojax's loss.<name>)
 LOSS_KEYS = {
@@ -65,6 +69,7 @@ LOSS_KEYS = {
     "kto": ("beta", "desirable_weight", "undesirable_weight"),
     "cpo": ("beta", "label_smoothing", "cpo_alpha", "simpo_gamma", "alpha"),
     "orpo": ("beta",),
+    "sft": (),
 }
 # CPOConfig.loss_type → pojax loss (alphapo: simpo with cpo_alpha = 0, as CPOConfig.__post_init__ sets)
 CPO_LOSSES = {"sigmoid": "cpo", "hinge": "cpo_hinge", "ipo": "cpo_ipo", "simpo": "simpo", "alphapo": "simpo"}
@@ -74,6 +79,8 @@ _TRAINER_ONLY = {  # keys of one trainer's config class (the others refuse them 
             "discopop_tau", "truncation_mode", "padding_free"),
     "kto": ("desirable_weight", "undesirable_weight", "train_sampling_strategy"),
     "cpo": ("cpo_alpha", "simpo_gamma", "alpha"),
+    "sft": ("completion_only_loss", "assistant_only_loss", "dataset_text_field", "packing", "packing_strategy",
+            "eval_packing", "shuffle_dataset", "eos_token", "pad_token", "chat_template_path", "dataset_kwargs"),
 }
 
 # Mapped keys: TRL key → the pojax keys it sets (to_config does the setting).
@@ -92,6 +99,7 @@ MAPPED = {
     "precompute_ref_log_probs": "reference.mode", "sync_ref_model": "reference.sync_ref_model",
     "ref_model_mixup_alpha": "reference.ref_model_mixup_alpha", "ref_model_sync_steps": "reference.ref_model_sync_steps",
     "output_dir": "output_dir", "loss_weights": "loss.loss_weights",
+    "completion_only_loss": "data.completion_only_loss", "assistant_only_loss": "data.assistant_only_loss",
     **{k: f"loss.{k}" for keys in LOSS_KEYS.values() for k in keys},
 }
 _ANY = object()
@@ -127,6 +135,17 @@ NO_EFFECT = {
     "use_liger_kernel": ((False,), "pojax's log-probs are chunked over the sequence and vocabulary already"),
     "activation_offloading": ((False,), "pojax has no activation offloading; model.remat trades compute for memory"),
     "test_split_size": ((None,), "pojax holds out eval.num_examples rows (upstream test split, or of the file)"),
+    # SFTConfig
+    "dataset_text_field": (("text",), "pojax's SFT rows read the 'text' column"),
+    "packing": ((False,), "pojax pads each SFT row (packing serves preference pairs: data.packing)"),
+    "packing_strategy": (_ANY, "no effect without packing"),
+    "eval_packing": (_ANY, "no effect without packing"),
+    "shuffle_dataset": (_ANY, "pojax shuffles the rows with train.seed"),
+    "eos_token": ((None,), "pojax uses the tokenizer's EOS; set another in the tokenizer dir (data.tokenizer)"),
+    "pad_token": ((None,), "pojax pads with the tokenizer's pad token (EOS without one); padding is never trained"),
+    "chat_template_path": ((None,), "pojax uses the tokenizer's chat template; edit it in the tokenizer dir "
+                                    "(data.tokenizer)"),
+    "dataset_kwargs": ((None,), "pojax prepares the rows itself"),
 }
 # Keys pojax takes only at their "off" value (else refused, saying what pojax has instead).
 NO_EFFECT.update({
@@ -186,7 +205,7 @@ def check_keys(raw: dict, trainer: str, source: str) -> None:
     own = set(DEFAULTS[trainer])
     for key, value in raw.items():
         for other, keys in _TRAINER_ONLY.items():
-            if key in keys and other != trainer:
+            if key in keys and other != trainer and key not in own:
                 _fail(source, key, f"is a field of TRL's {other.upper()}Config, not {trainer.upper()}Config: set "
                                    f"'trainer: {other}' if this is a {other} run")
         if key in REFUSED:
@@ -254,6 +273,10 @@ def _loss(c, v: dict, trainer: str, source: str, raw: dict) -> None:
             c.loss.loss_weights = tuple(float(w) for w in v["loss_weights"])
     elif trainer == "kto":
         name = v["loss_type"]
+    elif trainer == "sft":
+        if v["loss_type"] != "nll":
+            _fail(source, "loss_type", f"{v['loss_type']!r}: pojax's SFT loss is the token NLL ('nll')")
+        return
     elif trainer == "cpo":
         if v["loss_type"] not in CPO_LOSSES:
             _fail(source, "loss_type", f"{v['loss_type']!r} is not one of CPOConfig's {', '.join(CPO_LOSSES)}")
@@ -282,14 +305,14 @@ def to_config(raw: dict, *, source: str = "<yaml>") -> ml_collections.ConfigDict
     raw = dict(raw)
     trainer = raw.pop("trainer", "dpo")
     if trainer not in TRAINERS:
-        _fail(source, "trainer", f"{trainer!r} is not one of {', '.join(TRAINERS)} (TRL's DPOConfig, KTOConfig, "
+        _fail(source, "trainer", f"{trainer!r} is not one of {', '.join(TRAINERS)} (TRL's DPOConfig, KTOConfig, SFTConfig, "
                                  "CPOConfig, ORPOConfig)")
     check_keys(raw, trainer, source)
     v = dict(DEFAULTS[trainer], **raw)
     if v["bf16"] is None:  # TRL's _BaseConfig.__post_init__
         v["bf16"] = not v["fp16"]
     c = base_config()
-    c.task = "train"
+    c.task = "sft" if trainer == "sft" else "train"
     # TRL's output_dir (default trainer_output, relative to the current directory): the run directory unless --workdir
     c.output_dir = os.path.expanduser(v["output_dir"] or "trainer_output")
 
@@ -304,7 +327,7 @@ def to_config(raw: dict, *, source: str = "<yaml>") -> ml_collections.ConfigDict
     c.model.remat = "full" if v["gradient_checkpointing"] else "none"
 
     c.data.path = _data_path(v, source)
-    c.data.format = "unpaired" if trainer == "kto" else "paired"
+    c.data.format = {"kto": "unpaired", "sft": "sft"}.get(trainer, "paired")
     if v["max_length"] is None:
         _fail(source, "max_length", "null (no truncation): pojax pads rows to one width; give max_length in tokens")
     c.data.max_length = int(v["max_length"])
@@ -312,10 +335,22 @@ def to_config(raw: dict, *, source: str = "<yaml>") -> ml_collections.ConfigDict
     # CPO / ORPO's max_completion_length: their trainers read it for encoder-decoder models only
     c.data.max_completion_length = 0
     c.data.truncation_mode = v.get("truncation_mode", "keep_start")
-    c.data.packing = bool(v.get("padding_free", False))
+    c.data.packing = bool(v.get("padding_free", False)) and trainer != "sft"  # SFT: padding-free changes no value
+    if c.data.packing and c.data.truncation_mode == "keep_end":
+        _fail(source, "padding_free", "true with truncation_mode keep_end: pojax's padding-free rows (data.packing) "
+                                      "pack each pair on one prompt, and keep_end may cut the two prompts differently; "
+                                      "use keep_start or padding_free: false")
+    if trainer == "sft":
+        c.data.completion_only_loss = True if v["completion_only_loss"] is None else bool(v["completion_only_loss"])
+        c.data.assistant_only_loss = bool(v["assistant_only_loss"])
+        if v["eval_strategy"] != "no":
+            _fail(source, "eval_strategy", f"{v['eval_strategy']!r}: pojax's task=sft does not evaluate while it "
+                                           "trains (set 'no')")
 
     _loss(c, v, trainer, source, raw)
-    if trainer in ("cpo", "orpo"):
+    if trainer == "sft":
+        pass  # no reference model: task=sft builds none
+    elif trainer in ("cpo", "orpo"):
         c.reference.mode = "none"  # reference-free
     else:
         c.reference.mode = "precomputed" if v["precompute_ref_log_probs"] else "copy"

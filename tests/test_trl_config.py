@@ -15,11 +15,11 @@ from pojax.config import ConfigError, validate
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from trl import DatasetMixtureConfig, DPOConfig, KTOConfig, ModelConfig, ScriptArguments, TrlParser
+    from trl import DatasetMixtureConfig, DPOConfig, KTOConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
     from trl.experimental.cpo import CPOConfig
     from trl.experimental.orpo import ORPOConfig
 
-CLASSES = {"dpo": DPOConfig, "kto": KTOConfig, "cpo": CPOConfig, "orpo": ORPOConfig}
+CLASSES = {"dpo": DPOConfig, "kto": KTOConfig, "sft": SFTConfig, "cpo": CPOConfig, "orpo": ORPOConfig}
 
 DPO_YAML = {
     "model_name_or_path": "/ckpt/llama", "dataset_name": "/data/prefs.jsonl", "loss_type": ["sigmoid", "hinge"],
@@ -27,7 +27,7 @@ DPO_YAML = {
     "use_weighting": False, "learning_rate": 5.0e-7, "lr_scheduler_type": "cosine", "warmup_steps": 0.1,
     "weight_decay": 0.01, "adam_beta1": 0.8, "adam_beta2": 0.95, "max_grad_norm": 0.5,
     "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "max_steps": 120, "num_train_epochs": 1,
-    "max_length": 512, "truncation_mode": "keep_end", "output_dir": "/runs/dpo", "logging_steps": 5,
+    "max_length": 512, "truncation_mode": "keep_start", "output_dir": "/runs/dpo", "logging_steps": 5,
     "eval_strategy": "steps", "eval_steps": 20, "save_steps": 40, "save_total_limit": 2, "seed": 7, "bf16": True,
     "gradient_checkpointing": False, "precompute_ref_log_probs": False, "padding_free": True, "pad_to_multiple_of": 8,
     "sync_ref_model": True, "ref_model_mixup_alpha": 0.9, "ref_model_sync_steps": 64, "report_to": "none",
@@ -46,6 +46,13 @@ CPO_YAML = {
     "loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.8, "cpo_alpha": 0.5, "label_smoothing": 0.0,
     "learning_rate": 1.0e-6, "lr_scheduler_type": "constant", "warmup_steps": 10, "max_steps": 30, "max_length": 256,
     "max_completion_length": 128, "save_steps": 0.5,
+}
+SFT_YAML = {
+    "trainer": "sft", "model_name_or_path": "/ckpt/qwen", "dataset_name": "/data/chats.jsonl", "loss_type": "nll",
+    "assistant_only_loss": True, "completion_only_loss": False, "max_length": 2048, "truncation_mode": "keep_end",
+    "learning_rate": 2.0e-5, "lr_scheduler_type": "cosine", "warmup_steps": 0.03, "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 2, "max_steps": 100, "padding_free": True, "packing": False,
+    "dataset_text_field": "text", "shuffle_dataset": True, "bf16": True, "seed": 1, "save_steps": 50,
 }
 ORPO_YAML = {"trainer": "orpo", "model_name_or_path": "/ckpt/llama", "dataset_name": "/data/p.jsonl", "beta": 0.25,
              "max_steps": 10, "lr_scheduler_type": "linear", "warmup_steps": 2}
@@ -81,14 +88,17 @@ EXPECTED = {
     "output_dir": ("output_dir", same),
     "loss_weights": ("loss.loss_weights", lambda v, a: tuple(v)),
     "eval_strategy": ("eval.num_examples", lambda v, a: 0 if v.value == "no" else 64),  # 64: base_config's
+    "completion_only_loss": ("data.completion_only_loss", lambda v, a: True if v is None else v),
+    "assistant_only_loss": ("data.assistant_only_loss", same),
     **{k: (f"loss.{k}", same) for k in ("beta", "label_smoothing", "f_divergence_type", "use_weighting",
                                         "desirable_weight", "undesirable_weight", "simpo_gamma", "cpo_alpha")},
 }
-LOSS_NAMES = {("dpo", ("sigmoid", "hinge")): "sigmoid+hinge", ("dpo", ("sigmoid",)): "sigmoid", ("kto", "kto"): "kto", ("cpo", "simpo"): "simpo"}
+LOSS_NAMES = {("sft", "nll"): "sigmoid",  # task=sft trains the token NLL whatever loss.name says
+              ("dpo", ("sigmoid", "hinge")): "sigmoid+hinge", ("dpo", ("sigmoid",)): "sigmoid", ("kto", "kto"): "kto", ("cpo", "simpo"): "simpo"}
 # accepted as changing nothing pojax computes (pojax.trl_config.NO_EFFECT says why)
 NO_EFFECT = {"max_completion_length",  # CPO / ORPO: read for encoder-decoder models only
              "num_train_epochs", "pad_to_multiple_of", "report_to", "run_name", "dataset_num_proc", "disable_dropout",
-             "attn_implementation"}
+             "attn_implementation", "packing", "dataset_text_field", "shuffle_dataset"}
 
 
 class Args:
@@ -130,7 +140,7 @@ def get(config, key):
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "trl_dpo_example.yaml")
 
 
-@pytest.mark.parametrize(("trainer", "data"), [("dpo", DPO_YAML), ("kto", KTO_YAML), ("cpo", CPO_YAML),
+@pytest.mark.parametrize(("trainer", "data"), [("dpo", DPO_YAML), ("kto", KTO_YAML), ("sft", SFT_YAML), ("cpo", CPO_YAML),
                                                ("orpo", ORPO_YAML), ("dpo", EXAMPLE)])
 def test_every_key_trl_parses_is_mapped_with_trls_value(tmp_path, trainer, data):
     """The three hand-written YAMLs and configs/trl_dpo_example.yaml (configs/from_trl.py's default)."""
@@ -152,14 +162,19 @@ def test_every_key_trl_parses_is_mapped_with_trls_value(tmp_path, trainer, data)
         assert key in EXPECTED or key in NO_EFFECT, f"{key}: neither mapped nor accepted by the test's table"
         if key in EXPECTED:
             pojax_key, want = EXPECTED[key]
+            if trainer == "sft" and key == "padding_free":  # SFT pads per row: no pair packing, the same values
+                assert config.data.packing is False
+                continue
             assert get(config, pojax_key) == want(values[key], args), key
+    if trainer == "sft":
+        assert (config.task, config.data.format) == ("sft", "sft")
     if trainer == "orpo":
         assert config.loss.name == "orpo" and config.loss.beta == values["beta"]
     if trainer in ("cpo", "orpo"):
         assert config.reference.mode == "none"
 
 
-@pytest.mark.parametrize("trainer", ["dpo", "kto", "cpo", "orpo"])
+@pytest.mark.parametrize("trainer", ["dpo", "kto", "sft", "cpo", "orpo"])
 def test_defaults_are_trls(tmp_path, trainer):
     """pojax's table of TRL defaults equals the dataclasses' (as parsed from a YAML that sets only
     the paths), and a YAML that leaves a key out gets TRL's default in the pojax config."""
@@ -217,7 +232,12 @@ BASE = {"model_name_or_path": "/m", "dataset_name": "/d.jsonl", "max_steps": 10}
     ({"env": {"A": "1"}}, "env", "environment variables"),
     ({"datasets": [{"path": "json", "data_files": "/a.jsonl"}, {"path": "json", "data_files": "/b.jsonl"}]},
      "datasets", "mixtures are not supported"),
-    ({"trainer": "sft"}, "trainer", "not one of dpo, kto, cpo, orpo"),
+    ({"trainer": "ppo"}, "trainer", "not one of dpo, kto, sft, cpo, orpo"),
+    ({"trainer": "sft", "packing": True}, "packing", "pads each SFT row"),
+    ({"padding_free": True, "truncation_mode": "keep_end"}, "padding_free", "use keep_start"),
+    ({"trainer": "sft", "loss_type": "dft"}, "loss_type", "token NLL"),
+    ({"trainer": "sft", "eval_strategy": "steps"}, "eval_strategy", "does not evaluate"),
+    ({"assistant_only_loss": True}, "assistant_only_loss", "set 'trainer: sft'"),
     ({"loss_weights": [0.5]}, "loss_weights", "scales a single loss"),
     ({"dtype": "float16"}, "dtype", "bfloat16 and float32"),
 ])
