@@ -15,8 +15,9 @@ packages ship (no hub): the test fixture of pojax.data.tokenize's parity with TR
   qwen3_training     as qwen3 with TRL's qwen3_training.jinja ({% generation %} markers)
 
 Package files are found with importlib.util.find_spec (the packages are not imported). Each
-tokenizer is built once per test session, saved with save_pretrained and loaded back with
-AutoTokenizer (so ``name_or_path`` is its directory, as for a user's tokenizer).
+tokenizer is built once per test run — in a directory the xdist workers share, under a file lock,
+so two workers never convert the same 128k-token vocabulary twice — saved with save_pretrained
+and loaded back with AutoTokenizer (so ``name_or_path`` is its directory, as for a user's tokenizer).
 """
 from __future__ import annotations
 
@@ -142,9 +143,12 @@ class RealTokenizers:
         if name not in self._loaded:
             from transformers import AutoTokenizer
 
+            from filelock import FileLock
+
             out = self.path(name)
-            if not os.path.exists(os.path.join(out, "tokenizer_config.json")):
-                self._build(name, out)
+            with FileLock(os.path.join(self.root, "build.lock")):
+                if not os.path.exists(os.path.join(out, "tokenizer_config.json")):
+                    self._build(name, out)
             self._loaded[name] = AutoTokenizer.from_pretrained(out)
         return self._loaded[name]
 
@@ -171,5 +175,9 @@ class RealTokenizers:
 
 @pytest.fixture(scope="session")
 def real_tokenizers(tmp_path_factory) -> RealTokenizers:
-    """The session's RealTokenizers (built lazily, cached in a session tmp dir)."""
-    return RealTokenizers(str(tmp_path_factory.mktemp("real_tokenizers")))
+    """The run's RealTokenizers (built lazily, cached in a tmp dir that every xdist worker of the
+    run shares: the parent of the workers' base temp dirs)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "real_tokenizers"
+    root.mkdir(exist_ok=True)
+    return RealTokenizers(str(root))

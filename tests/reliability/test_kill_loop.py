@@ -16,7 +16,7 @@ import numpy as np
 
 from tests.train.helpers import ROOT, flags, losses, main_cmd, read_jsonl, run_main
 
-N_KILLS = 20
+N_KILLS = 12  # 20 until the CI budget (40 min on 2 cores) asked for fewer; every kill kind still lands
 STEPS = 30
 RUN = flags(**{"train.sft_steps": 0, "train.max_steps": STEPS, "train.batch_size": 8, "checkpoint.every_steps": 1,
                "checkpoint.keep": 2, "logging.plots": False, "train.export_final": False, "data.gym.num_eval": 8,
@@ -37,7 +37,7 @@ def _lines(path):
         return 0
 
 
-def test_twenty_sigkills_then_finish_equals_uninterrupted(tmp_path):
+def test_twelve_sigkills_then_finish_equals_uninterrupted(tmp_path):
     clean, killed, cache = tmp_path / "clean", tmp_path / "killed", tmp_path / "jax_cache"
     env = _env(cache)
     t0 = time.time()

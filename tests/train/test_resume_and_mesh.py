@@ -9,8 +9,9 @@ import numpy as np
 
 from tests.train.helpers import ROOT, flags, losses, main_cmd, read_jsonl, run_main
 
-RUN = flags(**{"train.sft_steps": 0, "train.max_steps": 400, "checkpoint.every_steps": 25,
-               "data.gym.num_eval": 8, "eval.num_samples": 1})
+STEPS = 60
+RUN = flags(**{"train.sft_steps": 0, "train.max_steps": STEPS, "checkpoint.every_steps": 10,
+               "data.gym.num_eval": 8, "eval.num_samples": 1, "logging.plots": False})
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
@@ -19,24 +20,25 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(read_jsonl(metrics)) >= 130:
+        if metrics.exists() and len(read_jsonl(metrics)) >= 25:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_killed = len(read_jsonl(metrics))
-    assert 130 <= n_killed < 400
+    assert 25 <= n_killed < STEPS
     run_main(killed, *RUN)  # same command, same workdir: resumes from the latest checkpoint
     run_main(clean, *RUN)
     resumed, want = losses(killed), losses(clean)
-    assert [r["step"] for r in read_jsonl(metrics)] == list(range(1, 401))
+    assert [r["step"] for r in read_jsonl(metrics)] == list(range(1, STEPS + 1))
     np.testing.assert_allclose(resumed, want, rtol=0, atol=1e-6)
-    assert sorted(os.listdir(killed / "checkpoints" / "train"), key=int)[-1] == "400"
+    assert sorted(os.listdir(killed / "checkpoints" / "train"), key=int)[-1] == str(STEPS)
 
 
 def test_mesh_run_follows_single_device_run(tmp_path):
-    short = flags(**{"train.sft_steps": 20, "train.max_steps": 30, "data.gym.num_eval": 8, "eval.num_samples": 1})
+    short = flags(**{"train.sft_steps": 10, "train.max_steps": 15, "data.gym.num_eval": 8, "eval.num_samples": 1,
+                     "logging.plots": False})
     run_main(tmp_path / "one", *short, devices=1)
     run_main(tmp_path / "mesh", *short, "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
     for name in ("metrics_sft.jsonl", "metrics.jsonl"):
