@@ -88,6 +88,9 @@ def main(argv) -> int:
     try:  # everything a user can get wrong is checked here, before any model is built or compiled
         validate(config)
         fs.check_workdir(workdir)  # gs:// without its client library fails here, not mid-run
+        from pojax import hub
+
+        hub_paths = hub.resolve(config)  # Hub ids → their snapshots in the Hub cache (downloaded unless offline)
         preflight.check_paths(config)
         notice = preflight.drop_unused_reference(config)
     except (ConfigError, fs.WorkdirError) as e:

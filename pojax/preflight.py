@@ -36,7 +36,6 @@ RUN_OUTPUT_PATTERNS = (r"metrics(_\w+)?\.jsonl", r"config_\w+\.json")
 MODEL_DIR_KEYS = ("model.path", "reference.path", "reference.guide_path", "eval.judge_path", "eval.reward_model_path")
 DATA_PATH_KEYS = ("data.path", "data.tokenizer", "eval.prompts_path", "eval.gsm8k_path", "eval.mmlu_path",
                   "eval.jsonl_path", "eval.gsm8k_fewshot_path", "eval.mmlu_fewshot_path", "diffpo.eval_path")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def absolute_workdir(workdir: str | None) -> str:
@@ -75,13 +74,8 @@ def path_problems(config) -> list[ConfigError]:
         if not isinstance(path, str) or not path or fs.is_remote(path):
             continue
         local = os.path.expanduser(path)
-        if not os.path.exists(local):
-            if key in MODEL_DIR_KEYS + ("data.tokenizer",) and _HUB_ID.match(path):
-                problems.append(ConfigError(key, f"no such directory {path!r}; it looks like a Hugging Face Hub id, "
-                                            "and pojax loads checkpoints from local directories: download it first "
-                                            f"(huggingface-cli download {path} --local-dir DIR) and pass DIR"))
-            else:
-                problems.append(ConfigError(key, f"no such file or directory: {path}"))
+        if not os.path.exists(local):  # (a Hub id was resolved to its snapshot before: pojax.hub)
+            problems.append(ConfigError(key, f"no such file or directory: {path}"))
         elif key in MODEL_DIR_KEYS and not os.path.isfile(os.path.join(local, "config.json")):
             what = "a file" if os.path.isfile(local) else "a directory without config.json"
             problems.append(ConfigError(key, f"{path} is {what}, not a Hugging Face model directory "

@@ -9,8 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "pojax.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pojax.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=None if env is None else dict(os.environ, **env))
 
 
 def test_quickstart_validates_prints_and_writes_config(tmp_path):
@@ -95,8 +96,11 @@ def test_model_and_data_path_mistakes_are_one_line_each_naming_every_bad_key(tmp
     line = one_line(run("--config=configs/dpo.py", f"--config.model.path={tmp_path / 'not_a_model'}",
                         f"--config.data.path={tmp_path}"))
     assert line.startswith(f"pojax: config key model.path: {tmp_path / 'not_a_model'} is a directory without config.json")
-    line = one_line(run("--config=configs/dpo.py", "--config.model.path=meta-llama/Llama-3.2-1B", f"--config.data.path={tmp_path}"))
-    assert "looks like a Hugging Face Hub id" in line and "huggingface-cli download meta-llama/Llama-3.2-1B" in line
+    line = one_line(run("--config=configs/dpo.py", "--config.model.path=meta-llama/Llama-3.2-1B", f"--config.data.path={tmp_path}",
+                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}))
+    assert line == (f"pojax: config key model.path: meta-llama/Llama-3.2-1B: this Hugging Face id is not in the Hub cache "
+                    f"({tmp_path / 'hf' / 'hub'}) with HF_HUB_OFFLINE=1; download it first (huggingface-cli download "
+                    "meta-llama/Llama-3.2-1B) or pass a local path")
     # configs/dpo.py as is names the keys it needs, model.path first
     assert one_line(run("--config=configs/dpo.py")).startswith("pojax: config key model.path: data.format='paired' needs a "
                                                                "Hugging Face model directory")

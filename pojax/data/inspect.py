@@ -274,6 +274,9 @@ def main(argv) -> int:
         if config.data.format == "gym":
             raise ConfigError("data.format", "'gym' is built in memory, not read from a file: set data.format and "
                               "data.path to the file to inspect")
+        from pojax import hub
+
+        hub.resolve(config)
         preflight.check_paths(config)
         from pojax.train.run import load_tokenizer
 
