@@ -26,9 +26,11 @@ setup(
         # torch is pinned exactly: a CPU wheel of 2.13.0 is on disk; anything else pulls CUDA.
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "trl", "nbclient", "nbformat", "ipykernel",
                  # real tokenizer files for tests/data/real_tokenizers.py (no hub in tests)
-                 "llama-models", "mistral-common", "tiktoken", "sentencepiece"],
+                 "llama-models", "mistral-common", "tiktoken", "sentencepiece",
+                 "wandb"],  # logging.wandb, tested in W&B's offline mode
         "tpu": ["jax[tpu]", "gcsfs", "google-cloud-storage"],  # gs:// workdirs: epath (gcsfs) and orbax (google-cloud-storage)
         "cuda": ["jax[cuda12]"],
-        "tensorboard": ["tensorboard"],  # the viewer of workdir/tensorboard (pojax writes the event files itself)
+        "tensorboard": ["tensorboard"],
+        "wandb": ["wandb"],  # logging.wandb=True (pojax.train.wandb_log)  # the viewer of workdir/tensorboard (pojax writes the event files itself)
     },
 )

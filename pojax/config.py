@@ -244,6 +244,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.logging.every_steps = 1  # steps between metrics.jsonl lines
     c.logging.plots = True  # write plots/*.png at the end of the run
     c.logging.progress = True  # tqdm progress bar
+    c.logging.wandb = False  # also log to Weights & Biases (pip install -e '.[wandb]'; pojax.train.wandb_log)
+    c.logging.wandb_project = "pojax"
+    c.logging.wandb_entity = ""  # "" = W&B's default entity
+    c.logging.wandb_name = ""  # "" = the workdir's name
+    c.logging.wandb_group = ""
+    c.logging.wandb_tags = ""  # comma-separated
     return c
 
 

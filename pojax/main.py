@@ -92,6 +92,10 @@ def main(argv) -> int:
 
         hub_paths = hub.resolve(config)  # Hub ids → their snapshots in the Hub cache (downloaded unless offline)
         preflight.check_paths(config)
+        if config.logging.wandb:
+            from pojax.train import wandb_log
+
+            wandb_log.check_installed()
         notice = preflight.drop_unused_reference(config)
     except (ConfigError, fs.WorkdirError) as e:
         print(f"pojax: {e}", file=sys.stderr)
@@ -124,13 +128,17 @@ def main(argv) -> int:
     from pojax.train.step import NonFiniteError
 
     try:
-        runner(config, workdir)
+        results = runner(config, workdir)
     except _user_errors() as e:  # bad config, path, data or checkpoint: one line naming key / file, row, field
         print(f"pojax: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:  # train.nan_policy = "stop": the last good checkpoint is the latest
         print(f"pojax: {e}", file=sys.stderr)
         return 3
+    if config.logging.wandb:
+        from pojax.train import wandb_log
+
+        wandb_log.finish(workdir, results if isinstance(results, dict) else None)
     if lead:
         print(f"pojax: outputs in {workdir}")
     return 0

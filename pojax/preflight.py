@@ -29,7 +29,8 @@ RESUMABLE_KEYS = ("train.overwrite", "train.nan_policy", "train.export_final", "
 NOT_RESUMABLE_KEYS = ("eval.num_examples",)  # under eval., but it picks the held-out rows
 
 # What a run writes into its workdir; ``train.overwrite`` removes these and nothing else.
-RUN_OUTPUTS = ("config.json", "results.json", "results.md", "checkpoints", "tensorboard", "plots", "final")
+RUN_OUTPUTS = ("config.json", "results.json", "results.md", "checkpoints", "tensorboard", "plots", "final", "wandb",
+               "wandb_run_id")
 RUN_OUTPUT_PATTERNS = (r"metrics(_\w+)?\.jsonl", r"config_\w+\.json")
 
 # Config keys naming Hugging Face model directories and data files, checked when set.

@@ -106,8 +106,10 @@ _ANY = object()
 # Keys with no effect on what pojax computes: TRL key → (values accepted, or _ANY; why).
 NO_EFFECT = {
     "run_name": (_ANY, "a tracker's name; pojax's run is its workdir"),
-    "report_to": (("none", "tensorboard", None, (), ("none",), ("tensorboard",)),
-                  "pojax writes metrics.jsonl and TensorBoard events (workdir/tensorboard) only"),
+    "report_to": (("none", "tensorboard", "wandb", "all", None, (), ("none",), ("tensorboard",), ("wandb",),
+                   ("tensorboard", "wandb"), ("wandb", "tensorboard")),
+                  "pojax writes metrics.jsonl and TensorBoard events (workdir/tensorboard), and W&B with 'wandb' "
+                  "(logging.wandb; run_name is the W&B run's name)"),
     "logging_strategy": (("steps",), "pojax logs every logging_steps steps"),
     "save_strategy": (("steps",), "pojax checkpoints every save_steps steps"),
     "optim": (("adamw_torch", "adamw_torch_fused"), "pojax's optimizer is AdamW (optax.adamw)"),
@@ -402,6 +404,11 @@ def to_config(raw: dict, *, source: str = "<yaml>") -> ml_collections.ConfigDict
         better = v["greater_is_better"]
         better = not metric.endswith("loss") if better is None else better
         c.checkpoint.best_mode = "max" if better else "min"
+    report = raw.get("report_to")
+    report = [report] if isinstance(report, str) else list(report or [])
+    if "wandb" in report or "all" in report:  # TrainingArguments' trackers: pojax's W&B logging
+        c.logging.wandb = True
+        c.logging.wandb_name = str(raw.get("run_name") or "")
     c.mesh.data, c.mesh.fsdp = 1, -1  # FSDP over every device, as configs/dpo.py
     return c
 

@@ -220,7 +220,7 @@ BASE = {"model_name_or_path": "/m", "dataset_name": "/d.jsonl", "max_steps": 10}
     ({"discopop_tau": 0.1}, "discopop_tau", "loss 'sigmoid' does not read it"),
     ({"fp16": True, "bf16": False}, "fp16", "bfloat16 or float32"),
     ({"eval_strategy": "epoch"}, "eval_strategy", "'epoch'"),
-    ({"report_to": "wandb"}, "report_to", "metrics.jsonl and TensorBoard"),
+    ({"report_to": "comet_ml"}, "report_to", "metrics.jsonl and TensorBoard"),
     ({"optim": "sgd"}, "optim", "AdamW"),
     ({"adam_epsilon": 1e-6}, "adam_epsilon", "1e-08"),
     ({"max_length": None}, "max_length", "give max_length"),
@@ -245,6 +245,12 @@ def test_refused_keys_name_themselves(tmp_path, extra, key, match):
     path = write(tmp_path, {**BASE, **extra})
     with pytest.raises(ConfigError, match=f"^config key trl_yaml: {path}: key '{key}': .*{match}"):
         trl_config.from_yaml(str(path))
+
+
+def test_report_to_wandb_turns_on_wandb_logging_with_the_run_name(tmp_path):
+    config = trl_config.from_yaml(str(write(tmp_path, {**BASE, "report_to": ["wandb"], "run_name": "dpo-7b"})))
+    assert config.logging.wandb is True and config.logging.wandb_name == "dpo-7b"
+    assert trl_config.from_yaml(str(write(tmp_path, {**BASE, "report_to": "none"}))).logging.wandb is False
 
 
 def test_kto_only_key_and_train_sampling_strategy(tmp_path):

@@ -229,7 +229,9 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
     best = None if not best_metric else Checkpoints(os.path.join(workdir, "checkpoints", f"{name}_best"),
                                                     keep=config.checkpoint.keep_best, best_metric=best_metric,
                                                     best_mode=config.checkpoint.best_mode)
-    writer = MetricsWriter(workdir, metrics_file, tensorboard=name)
+    from pojax.train import wandb_log
+
+    writer = MetricsWriter(workdir, metrics_file, tensorboard=name, wandb_run=wandb_log.run_for(config, workdir))
     nan_policy = config.train.nan_policy  # skip | stop: what a step with a non-finite loss or gradient does
     start, eval_metrics = 0, None
     if ckpt.latest_step() is not None:

@@ -30,7 +30,8 @@ def is_primary() -> bool:
 class MetricsWriter:
     """Appends one JSON object per step to ``workdir/metrics.jsonl`` (resumes append) and, with
     ``tensorboard`` set, the same scalars to TensorBoard events in workdir/tensorboard/<name>,
-    tagged ``train/<key>`` and ``eval/<key without eval_>`` (pojax.train.tensorboard.tag).
+    tagged ``train/<key>`` and ``eval/<key without eval_>`` (pojax.train.tensorboard.tag), and to
+    ``wandb_run`` (pojax.train.wandb_log) when given.
     In a multi-host run only process 0 writes.
 
     A local file is appended to at every ``write``. A remote one (gs://; objects cannot be
@@ -40,7 +41,7 @@ class MetricsWriter:
     last checkpoint, which a resumed run drops and rewrites anyway (``truncate_after``)."""
 
     def __init__(self, workdir: str, name: str = "metrics.jsonl", tensorboard: str | None = None,
-                 flush_every_s: float = 60.0):
+                 flush_every_s: float = 60.0, wandb_run=None):
         self.path = fs.join(workdir, name)
         self.primary = is_primary()
         self.remote = fs.is_remote(workdir)
@@ -51,6 +52,11 @@ class MetricsWriter:
             fs.makedirs(workdir)
         self.events = None if tensorboard is None or not self.primary else EventWriter(
             fs.join(workdir, "tensorboard", tensorboard))
+        self.wandb = None
+        if wandb_run is not None and self.primary:  # pojax.train.wandb_log: <stage>/<key> on the stage's step axis
+            from pojax.train.wandb_log import StageLogger
+
+            self.wandb = StageLogger(wandb_run, tensorboard or name.removesuffix(".jsonl"))
 
     def write(self, step: int, values: dict) -> None:
         if not self.primary:
@@ -65,6 +71,8 @@ class MetricsWriter:
                 f.write(line)
         if self.events is not None:
             self.events.scalars(step, {tag(k): v for k, v in row.items() if k != "step"})
+        if self.wandb is not None:
+            self.wandb.log(step, row)
         if self.remote and time.monotonic() - self._flushed_at >= self.flush_every_s:
             self.flush()
 
