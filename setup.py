@@ -21,6 +21,7 @@ setup(
         "absl-py",
         "tqdm",
         "matplotlib",
+        "tensorboardX",  # TensorBoard event files (pojax.train.tensorboard)
     ],
     extras_require={
         # torch is pinned exactly: a CPU wheel of 2.13.0 is on disk; anything else pulls CUDA.
@@ -30,7 +31,7 @@ setup(
                  "wandb"],  # logging.wandb, tested in W&B's offline mode
         "tpu": ["jax[tpu]", "gcsfs", "google-cloud-storage"],  # gs:// workdirs: epath (gcsfs) and orbax (google-cloud-storage)
         "cuda": ["jax[cuda12]"],
-        "tensorboard": ["tensorboard"],
-        "wandb": ["wandb"],  # logging.wandb=True (pojax.train.wandb_log)  # the viewer of workdir/tensorboard (pojax writes the event files itself)
+        "tensorboard": ["tensorboard"],  # the viewer of workdir/tensorboard (tensorboardX writes the event files)
+        "wandb": ["wandb"],  # logging.wandb=True (pojax.train.wandb_log)
     },
 )

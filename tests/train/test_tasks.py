@@ -11,7 +11,6 @@ from safetensors.numpy import load_file
 
 from pojax.train.run import run_train
 from pojax.train.tasks import run_eval, run_export, run_sft
-from pojax.train.tensorboard import crc32c, masked_crc32c
 from tests.train.helpers import quick_config, read_jsonl, run_main, warmup_cosine
 
 RUN = {"train.sft_steps": 0, "train.max_steps": 10, "train.batch_size": 16, "eval.every_steps": 3,
@@ -60,6 +59,33 @@ def read_events(path):
         out.append(event_cls.FromString(payload))
         pos += 16 + length
     return out
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1  # Castagnoli polynomial, reflected
+        table.append(c)
+    return table
+
+
+_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), written here to check the event files' framing independently."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC: rotate right by 15 bits and add a constant."""
+    c = crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def test_crc32c_matches_rfc3720_vectors():
