@@ -69,7 +69,8 @@ def sft_workdir(tmp_path_factory):
 def test_gold_reward_improves(sft_workdir, tmp_path, overrides, first_loss):
     shutil.copytree(sft_workdir / "checkpoints" / "sft", tmp_path / "checkpoints" / "sft")
     shutil.copy(sft_workdir / "metrics_sft.jsonl", tmp_path / "metrics_sft.jsonl")
-    config = quick_config(**{"train.max_steps": 120, "eval.num_samples": 2, **overrides})
+    config = quick_config(**{"train.max_steps": 120, "eval.num_samples": 2, "logging.plots": False,
+                             "train.export_final": False, **overrides})
     results = run_train(config, str(tmp_path))
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert rows[0]["step"] == 1 and len(rows) == 120  # the SFT stage was restored, not rerun
