@@ -20,9 +20,9 @@ import os
 import re
 
 from pojax.config import ConfigError
+from pojax.preflight import MODEL_DIR_KEYS
 
-MODEL_KEYS = ("model.path", "reference.path", "reference.guide_path", "eval.judge_path", "eval.reward_model_path",
-              "data.tokenizer")
+MODEL_KEYS = MODEL_DIR_KEYS + ("data.tokenizer",)  # keys that name a model repo (a tokenizer is one's files)
 DATASET_KEYS = ("data.path",)
 UPSTREAM_LAYOUTS = ("hh_rlhf", "ultrafeedback_binarized", "kto_mix")
 _ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")

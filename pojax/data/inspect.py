@@ -180,9 +180,7 @@ def sft_statistics(rows: list[dict], tokenizer, config) -> dict:
     kw = dict(completion_only_loss=d.completion_only_loss, assistant_only_loss=d.assistant_only_loss,
               chat_template=d.chat_template)
     arrays = sft.encode(rows, tokenizer, width=width, truncation_mode=d.truncation_mode, path=d.path, report=report, **kw)
-    template = sft.training_template(tokenizer) if d.assistant_only_loss else None
-    full = [len(sft.sequence(tokenizer, row, template=template, **kw)[0]) for row in rows]
-    return {"arrays": arrays, "kept": list(report["kept_index"]), "full": full, "width": width}
+    return {"arrays": arrays, "kept": list(report["kept_index"]), "full": report["full_lengths"], "width": width}
 
 
 def sft_summary(stats: dict, pad: int) -> list[str]:

@@ -116,7 +116,8 @@ def encode(rows: list[dict], tokenizer, *, width: int, truncation_mode: str = "k
            path: str = "", report: dict | None = None) -> dict:
     """SFT arrays of normalized SFT rows: input_ids [N, T] int32 and completion_mask [N, T] bool
     (the trained tokens), right-padded to ``width`` = T. N counts the rows kept (module
-    docstring); ``report`` gets dropped_rows and kept_index as in ``tokenize.encode``. Raises
+    docstring); ``report`` gets dropped_rows and kept_index as in ``tokenize.encode``, and
+    full_lengths (every row's token count before truncation). Raises
     DataError (``path``, row) for a row whose assistant mask is empty, ConfigError when every
     row is dropped or the template cannot mark the assistant's turns."""
     from pojax.config import ConfigError
@@ -127,7 +128,7 @@ def encode(rows: list[dict], tokenizer, *, width: int, truncation_mode: str = "k
     tokenize.check_template(tokenizer, [r for r in rows if "text" not in r], chat_template)
     template = training_template(tokenizer) if assistant_only_loss else None
     pad = tokenize.pad_id(tokenizer)
-    ids_out, masks_out, kept = [], [], []
+    ids_out, masks_out, kept, full = [], [], [], []
     for i, row in enumerate(rows):
         ids, mask = sequence(tokenizer, row, completion_only_loss=completion_only_loss,
                              assistant_only_loss=assistant_only_loss, chat_template=chat_template, template=template)
@@ -138,6 +139,7 @@ def encode(rows: list[dict], tokenizer, *, width: int, truncation_mode: str = "k
             raise DataError(path or "data.path", i, "messages" if "messages" in row else "completion",
                             "no assistant tokens in the chat template's assistant mask (data.assistant_only_loss): the "
                             "row has no assistant turn, or the template's {% generation %} markers enclose none")
+        full.append(len(ids))
         cut = slice(None, width) if truncation_mode == "keep_start" else slice(-width, None)
         ids, mask = ids[cut], mask[cut]
         if not any(mask):
@@ -151,6 +153,7 @@ def encode(rows: list[dict], tokenizer, *, width: int, truncation_mode: str = "k
     if report is not None:
         report["dropped_rows"] = report.get("dropped_rows", 0) + dropped
         report["kept_index"] = np.asarray(kept, np.int64)
+        report["full_lengths"] = full
     if rows and not kept:
         raise ConfigError("data.max_length", f"{width} tokens leave none of the {len(rows)} rows a token to train on "
                           f"({truncation_mode}); raise data.max_length")
