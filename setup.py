@@ -31,10 +31,13 @@ setup(
         "test": ["pytest>=9.2,<10", "pytest-xdist>=3.8,<4", "torch==2.13.0", "trl>=1.16,<1.17", "nbclient", "nbformat", "ipykernel",
                  # real tokenizer files for tests/data/real_tokenizers.py (no hub in tests)
                  "llama-models", "mistral-common", "tiktoken", "sentencepiece",
-                 "wandb>=0.31,<1"],  # logging.wandb, tested in W&B's offline mode
+                 "wandb>=0.31,<1",  # logging.wandb, tested in W&B's offline mode
+                 "lm-eval==0.4.13"],  # pojax.eval.lm_eval, tested against lm-eval's own hf model
         "tpu": ["jax[tpu]>=0.10.2,<0.11", "gcsfs", "google-cloud-storage"],  # gs:// workdirs: epath (gcsfs) and orbax (google-cloud-storage)
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "tensorboard": ["tensorboard"],  # the viewer of workdir/tensorboard (tensorboardX writes the event files)
         "wandb": ["wandb>=0.31,<1"],  # logging.wandb=True (pojax.train.wandb_log)
+        # pojax.eval.lm_eval / eval.lm_eval_tasks; exact: PojaxLM subclasses lm-eval's TemplateLM and uses its helpers
+        "eval": ["lm-eval==0.4.13"],
     },
 )

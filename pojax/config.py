@@ -221,6 +221,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.mmlu_steps = 3  # its denoising steps (LLaDA: 3)
     c.eval.mmlu_block_length = 3  # its block length, tokens (LLaDA: 3)
     c.eval.diagnostics = False  # CHES (arXiv 2410.08847) and implicit- vs reward-model accuracy (arXiv 2409.03650) on held-out pairs
+    c.eval.lm_eval_tasks = ""  # lm-evaluation-harness tasks, comma-separated (gsm8k,arc_easy,...); pip install -e '.[eval]'
+    c.eval.lm_eval_include_path = ""  # a directory of extra lm-eval task YAMLs (e.g. local JSON datasets)
+    c.eval.lm_eval_include_defaults = True  # also index lm-eval's built-in tasks (False: only include_path's; faster)
+    c.eval.lm_eval_num_fewshot = -1  # -1 = each task's own
+    c.eval.lm_eval_limit = 0  # documents per task; 0 = all
+    c.eval.lm_eval_apply_chat_template = False  # render prompts with the tokenizer's chat template
+    c.eval.lm_eval_max_length = 0  # context tokens; 0 = config.json's max_position_embeddings
+    c.eval.lm_eval_mc_num = 128  # masked-diffusion LMs: Monte Carlo draws per log-likelihood (LLaDA's eval)
 
     c.online = ml_collections.ConfigDict()  # loss.name in ONLINE_LOSSES (or rto with a guide, ``is_online``): samples drawn during training
     c.online.temperature = 1.0  # sampling temperature of the training completions (> 0)

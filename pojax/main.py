@@ -96,6 +96,8 @@ def main(argv) -> int:
             from pojax.train import wandb_log
 
             wandb_log.check_installed()
+        if config.task == "eval" and config.eval.lm_eval_tasks:
+            preflight.check_lm_eval()
         notice = preflight.drop_unused_reference(config)
     except (ConfigError, fs.WorkdirError) as e:
         print(f"pojax: {e}", file=sys.stderr)

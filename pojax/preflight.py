@@ -30,7 +30,7 @@ NOT_RESUMABLE_KEYS = ("eval.num_examples",)  # under eval., but it picks the hel
 
 # What a run writes into its workdir; ``train.overwrite`` removes these and nothing else.
 RUN_OUTPUTS = ("config.json", "results.json", "results.md", "checkpoints", "tensorboard", "plots", "final", "wandb",
-               "wandb_run_id")
+               "wandb_run_id", "lm_eval_results.json")
 RUN_OUTPUT_PATTERNS = (r"metrics(_\w+)?\.jsonl", r"config_\w+\.json")
 
 # Config keys naming Hugging Face model directories and data files, checked when set.
@@ -202,6 +202,15 @@ def drop_unused_reference(config) -> str | None:
     with config.unlocked():
         config.reference.mode = "none"
     return (f"loss {config.loss.name!r} is reference-free: reference.mode=copy → none (no reference model is built)")
+
+
+def check_lm_eval() -> None:
+    """ConfigError (eval.lm_eval_tasks) with the install command when lm-eval is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError("eval.lm_eval_tasks", "needs lm-evaluation-harness: pip install -e '.[eval]' (lm-eval==0.4.13), "
+                          "or leave eval.lm_eval_tasks empty")
 
 
 def mesh_and_rules(config):

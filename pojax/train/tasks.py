@@ -243,9 +243,9 @@ def run_eval(config, workdir: str | None) -> dict:
     gym = config.data.format == "gym"
     preference = gym or bool(config.data.path)
     tasks = {k: e[f"{k}_path"] for k in ("gsm8k", "mmlu", "jsonl") if e[f"{k}_path"]}
-    if not (preference or e.prompts_path or tasks):
+    if not (preference or e.prompts_path or tasks or e.lm_eval_tasks):
         raise ConfigError("eval", "nothing to evaluate: set data.path (preference metrics), eval.prompts_path "
-                          "(judged win rates), eval.gsm8k_path, eval.mmlu_path or eval.jsonl_path")
+                          "(judged win rates), eval.gsm8k_path, eval.mmlu_path, eval.jsonl_path or eval.lm_eval_tasks")
     diagnostics = bool(e.diagnostics)
     if e.reward_model_path and not (e.prompts_path or diagnostics):
         raise ConfigError("eval.prompts_path", "eval.reward_model_path scores responses to eval.prompts_path: set it")
@@ -262,7 +262,7 @@ def run_eval(config, workdir: str | None) -> dict:
     reference = None
     if config.reference.path:
         reference = from_pretrained(config.reference.path, dtype=policy.config.dtype, mesh=mesh, rules=rules)
-    tokenizer = None if gym and not (e.prompts_path or tasks) else load_tokenizer(config)
+    tokenizer = None if gym and not (e.prompts_path or tasks or e.lm_eval_tasks) else load_tokenizer(config)
     results = {"task": "eval", "loss": config.loss.name}
     if preference:
         if reference is None and config.reference.mode != "none" and needs_reference(config.loss.name):
@@ -298,9 +298,49 @@ def run_eval(config, workdir: str | None) -> dict:
                                     fewshot_path=e.get(f"{kind}_fewshot_path", "")))
         except FewShotError as err:
             raise ConfigError("eval.num_fewshot", str(err)) from None
+    if e.lm_eval_tasks:
+        results.update(lm_eval_tasks(policy, tokenizer, config, workdir, mesh))
     metrics_lib.write_results(workdir, results)
     fs.write_text(os.path.join(workdir, "results.md"), _markdown(results))
     return results
+
+
+def lm_eval_tasks(policy, tokenizer, config, workdir: str, mesh) -> dict:
+    """lm-evaluation-harness on eval.lm_eval_tasks (pojax.eval.lm_eval): its metrics as
+    lm_eval/<task>/<metric>[/<filter>], its whole results dict in workdir/lm_eval_results.json.
+    An unknown task is lm-eval's own error, as a ConfigError naming eval.lm_eval_tasks."""
+    import json
+
+    from pojax.eval import lm_eval as lm_eval_lib
+
+    import math
+
+    from pojax.eval.generation import DiffusionSampling, diffusion_mask_id
+
+    e = config.eval
+    if not isinstance(e.lm_eval_mc_num, int) or e.lm_eval_mc_num < 1:
+        raise ConfigError("eval.lm_eval_mc_num", f"must be an integer >= 1, got {e.lm_eval_mc_num!r}")
+    gen, sampling, gen_length = e.max_new_tokens, DiffusionSampling(), 0
+    if diffusion_mask_id(policy) is not None:  # every generation eval.max_new_tokens long, as checked here
+        gen, sampling = _diffusion_sampling(config, None)
+        gen_length = gen
+    lm = lm_eval_lib.PojaxLM(model=policy, tokenizer=tokenizer, batch_size=_batch_size(config),
+                             max_length=e.lm_eval_max_length or None, max_gen_toks=gen,
+                             chunk_size=config.likelihood.chunk_size, seed=config.train.seed, mc_num=e.lm_eval_mc_num,
+                             mc_batch_size=math.gcd(e.lm_eval_mc_num, 32), cfg=sampling.cfg_scale,
+                             gen_length=gen_length, steps=sampling.steps, block_length=sampling.block_length,
+                             remasking=sampling.remasking)
+    lm.mesh = mesh
+    try:
+        results = lm_eval_lib.run_tasks(lm, e.lm_eval_tasks, include_path=e.lm_eval_include_path,
+                                        include_defaults=e.lm_eval_include_defaults,
+                                        num_fewshot=None if e.lm_eval_num_fewshot < 0 else e.lm_eval_num_fewshot,
+                                        limit=e.lm_eval_limit or None,
+                                        apply_chat_template=e.lm_eval_apply_chat_template, seed=config.train.seed)
+    except KeyError as err:  # lm-eval's "Spec 'x' is not a registered task/group/tag name ..."
+        raise ConfigError("eval.lm_eval_tasks", f"lm-eval: {err.args[0] if err.args else err}") from None
+    fs.write_text(os.path.join(workdir, "lm_eval_results.json"), json.dumps(results, indent=2, default=str))
+    return lm_eval_lib.flat_metrics(results)
 
 
 def run_export(config, workdir: str | None) -> dict:
