@@ -126,7 +126,8 @@ def diffpo_loss(hidden_target_BTD, hidden_state_BTD, lm_head_DV, target_ids_BT, 
 def diffpo_model_loss(model, target_ids_BT, state_ids_BT, response_mask_BT, *, omega: float = 1.0,
                       kind: str = "kl", chunk_size: int = 1024):
     """``diffpo_loss`` of a pojax causal LM (anything with ``hidden_states`` and
-    ``lm_head_weight``): one forward on the target rows, one on the state rows.
+    ``lm_head_weight``; its ``logit_soft_cap``, if any, applied): one forward on the target rows,
+    one on the state rows.
 
     Args:
       model: the aligner.
@@ -141,4 +142,4 @@ def diffpo_model_loss(model, target_ids_BT, state_ids_BT, response_mask_BT, *, o
     h_state = model.hidden_states(state_ids_BT)
     w_DV = model.lm_head_weight().astype(h_state.dtype)
     return diffpo_loss(h_target, h_state, w_DV, target_ids_BT, response_mask_BT, omega=omega, kind=kind,
-                       chunk_size=chunk_size)
+                       chunk_size=chunk_size, logit_soft_cap=getattr(model, "logit_soft_cap", None))

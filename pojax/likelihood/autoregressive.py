@@ -296,6 +296,11 @@ def segment_logps(token_logps_BT, segment_ids_BT, mask_BT, num_segments: int):
     return jnp.sum(jnp.where(in_seg_BTS, values_BT[..., None], 0.0), axis=1)
 
 
+def soft_cap_of(model) -> float | None:
+    """The model's final-logit soft cap (its ``logit_soft_cap``: Gemma 2's 30), None without one."""
+    return getattr(model, "logit_soft_cap", None)
+
+
 def token_logps(model, input_ids_BT, targets_BT, *, chunk_size: int = 1024, positions=None,
                 segment_ids=None, logit_soft_cap: float | None = None, return_log_sum_sq: bool = False,
                 vocab_chunk_size: int | None = DEFAULT_VOCAB_CHUNK):
@@ -310,7 +315,7 @@ def token_logps(model, input_ids_BT, targets_BT, *, chunk_size: int = 1024, posi
       input_ids_BT: [B, T] int32 inputs.
       targets_BT: [B, T] int ids scored at each position (see ``shift_targets``).
       chunk_size, logit_soft_cap, return_log_sum_sq, vocab_chunk_size: as in
-        ``token_logps_from_hidden``.
+        ``token_logps_from_hidden``; logit_soft_cap defaults to the model's own (``soft_cap_of``).
       positions, segment_ids: optional [B, T], passed to the model (packed rows).
 
     Returns:
@@ -320,6 +325,7 @@ def token_logps(model, input_ids_BT, targets_BT, *, chunk_size: int = 1024, posi
     # The head in the activations' dtype, as the model's own full-logits path casts it, so both
     # paths give the same numbers in bf16.
     w_DV = model.lm_head_weight().astype(hidden_BTD.dtype)
+    cap = soft_cap_of(model) if logit_soft_cap is None else logit_soft_cap
     return token_logps_from_hidden(hidden_BTD, w_DV, targets_BT, chunk_size=chunk_size,
-                                   logit_soft_cap=logit_soft_cap, return_log_sum_sq=return_log_sum_sq,
+                                   logit_soft_cap=cap, return_log_sum_sq=return_log_sum_sq,
                                    vocab_chunk_size=vocab_chunk_size)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from pojax.likelihood.autoregressive import DEFAULT_VOCAB_CHUNK, token_logps_from_hidden
+from pojax.likelihood.autoregressive import DEFAULT_VOCAB_CHUNK, soft_cap_of, token_logps_from_hidden
 
 
 def prompt_lengths(mask_BKT):
@@ -146,7 +146,7 @@ def token_logps(model, ids_BKT, mask_BKT, width: int, *, chunk_size: int = 1024,
              & (src_BW < t)[:, None] & (src_BW >= 1)[:, None])
     w = model.lm_head_weight().astype(hidden.dtype)
     out = token_logps_from_hidden(h_BND, w, targets.reshape(b, k * width), chunk_size=chunk_size,
-                                  return_log_sum_sq=return_log_sum_sq, vocab_chunk_size=vocab_chunk_size)
+                                  logit_soft_cap=soft_cap_of(model), return_log_sum_sq=return_log_sum_sq, vocab_chunk_size=vocab_chunk_size)
     outs = out if return_log_sum_sq else (out,)
     outs = [_to_rows(jnp.where(tmask, o.reshape(b, k, width), 0.0), p_B, t) for o in outs]
     mask_rows = _to_rows(tmask, p_B, t)

@@ -2,7 +2,9 @@
 config (or its config.json) and exported back to one.
 
 Families (``model_type``): llama (2, 3, 3.1 rope scaling), mistral (sliding window),
-qwen2 / qwen2.5 (q/k/v bias, optional per-layer sliding window), qwen3 (q/k RMSNorm), and the
+qwen2 / qwen2.5 (q/k/v bias, optional per-layer sliding window), qwen3 (q/k RMSNorm), gemma2
+(GeGLU, (1 + w) RMSNorms before and after attention and MLP, scaled embeddings, attention- and
+final-logit soft caps, alternating sliding / global layers; its blocks: pojax.models.gemma), and the
 masked-diffusion LM llada (LLaDA's own config.json keys, read and written by ``_llada_fields`` and
 ``_llada_hf_dict``; its network is pojax.models.llada.LLaDA).
 """
@@ -13,7 +15,8 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "llada")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "llada")
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # gate activations of the gated MLP (SwiGLU, GeGLU)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLS = ("xla", "jax")
@@ -66,6 +69,13 @@ class ModelConfig:
         (transformers and vLLM read them to start, stop and pad generation); None = not set.
       generation_config: the checkpoint's generation_config.json as JSON text (a string keeps the
         config hashable), written back verbatim on export; None = it had none.
+      hidden_act: the MLP's gate activation, one of ACTIVATIONS (gemma2: gelu_pytorch_tanh).
+      norm_offset: RMSNorms scale by (norm_offset + w) (gemma2: 1, its weights stored as offsets).
+      embed_scale: embeddings are multiplied by sqrt(hidden_size) (gemma2).
+      query_pre_attn_scalar: attention scale query_pre_attn_scalar^-1/2 instead of head_dim^-1/2.
+      attn_logit_softcapping: attention scores become cap · tanh(scores / cap) (gemma2: 50).
+      final_logit_softcapping: LM logits become cap · tanh(logits / cap) (gemma2: 30), in the
+        full logits and in the vocabulary-tiled log-probs alike.
     """
 
     model_type: str = "llama"
@@ -97,6 +107,12 @@ class ModelConfig:
     eos_token_id: int | tuple | None = None
     pad_token_id: int | None = None
     generation_config: str | None = None
+    hidden_act: str = "silu"
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -119,6 +135,11 @@ class ModelConfig:
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; pojax supports {', '.join(ACTIVATIONS)}")
+        if self.attn_logit_softcapping is not None and self.attention_impl != "xla":
+            raise ValueError("attn_logit_softcapping needs attention_impl='xla' (jax.nn.dot_product_attention has "
+                             "no soft cap)")
         if self.model_type == "llada":
             self._check_llada()
 
@@ -178,6 +199,14 @@ class ModelConfig:
                 layer_types = ["full_attention"] * d["num_hidden_layers"]
         elif model_type == "mistral":
             layer_types = None  # derived from sliding_window in __post_init__
+        elif model_type == "gemma2":
+            if d.get("use_bidirectional_attention"):
+                raise ValueError("gemma2 config key 'use_bidirectional_attention' = True is not supported (causal only)")
+            if layer_types is None:  # transformers' default: even layers slide, odd layers are global
+                layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention"
+                               for i in range(d["num_hidden_layers"])]
+            if sliding is None:
+                layer_types = ["full_attention"] * d["num_hidden_layers"]
         else:
             sliding, layer_types = None, None
         fields = dict(
@@ -202,8 +231,10 @@ class ModelConfig:
             layer_types=None if layer_types is None else tuple(layer_types),
             **read_token_ids(d),
         )
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {d.get('hidden_act')!r}; pojax's decoders use silu (SwiGLU)")
+        if model_type == "gemma2":
+            fields.update(_gemma2_fields(d))
+        elif d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {d.get('hidden_act')!r}; pojax's {model_type} uses silu (SwiGLU)")
         fields.update(overrides)
         return cls(**fields)
 
@@ -233,9 +264,15 @@ class ModelConfig:
             rope_parameters=rope,
             max_position_embeddings=self.max_position_embeddings,
             tie_word_embeddings=self.tie_word_embeddings,
-            hidden_act="silu",
+            hidden_act=self.hidden_act,
             torch_dtype=self.param_dtype,
         )
+        if self.model_type == "gemma2":
+            d.pop("hidden_act")
+            d.update(hidden_activation=self.hidden_act, attention_bias=self.attention_bias,
+                     query_pre_attn_scalar=self.query_pre_attn_scalar, sliding_window=self.sliding_window,
+                     layer_types=list(self.layer_types), attn_logit_softcapping=self.attn_logit_softcapping,
+                     final_logit_softcapping=self.final_logit_softcapping)
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
         elif self.model_type == "qwen3":
@@ -248,7 +285,8 @@ class ModelConfig:
                      max_window_layers=self.layer_types.index("sliding_attention") if sliding else self.num_hidden_layers)
         d.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.token_ids().items()})
         d["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]]
+                               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                               "gemma2": "Gemma2ForCausalLM"}[self.model_type]]
         return d
 
     def to_hf_config(self):
@@ -260,6 +298,19 @@ class ModelConfig:
                              "use to_hf_dict()")
         d = self.to_hf_dict()
         return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+def _gemma2_fields(d: dict) -> dict:
+    """The Gemma 2 switches of a transformers Gemma2Config dict (its defaults where absent)."""
+    act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ValueError(f"gemma2 config key 'hidden_activation' = {act!r} is not supported (gelu_pytorch_tanh)")
+    return dict(hidden_act="gelu_pytorch_tanh", norm_offset=1.0, embed_scale=True,
+                query_pre_attn_scalar=d.get("query_pre_attn_scalar", 256),  # transformers' type: int
+                attn_logit_softcapping=d.get("attn_logit_softcapping", 50.0),
+                final_logit_softcapping=d.get("final_logit_softcapping", 30.0),
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+                o_proj_bias=bool(d.get("attention_bias", False)))
 
 
 # ---------------------------------------------------------------------------------------- llada

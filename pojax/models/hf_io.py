@@ -53,6 +53,8 @@ _TOP = {
 _LAYER = {
     ("input_layernorm", "weight"): "input_layernorm.weight",
     ("post_attention_layernorm", "weight"): "post_attention_layernorm.weight",
+    ("pre_feedforward_layernorm", "weight"): "pre_feedforward_layernorm.weight",  # gemma2
+    ("post_feedforward_layernorm", "weight"): "post_feedforward_layernorm.weight",  # gemma2
     ("self_attn", "q_proj", "kernel"): "self_attn.q_proj.weight",
     ("self_attn", "k_proj", "kernel"): "self_attn.k_proj.weight",
     ("self_attn", "v_proj", "kernel"): "self_attn.v_proj.weight",

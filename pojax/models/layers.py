@@ -35,15 +35,21 @@ def param(rngs: nnx.Rngs | None, shape, logical_axes, dtype, init: str = "normal
 
 
 class RMSNorm(nnx.Module):
-    """y = w · x / sqrt(mean(x²) + ε), computed in float32 and cast back (as transformers)."""
+    """y = w · x / sqrt(mean(x²) + ε), computed in float32 and cast back (as transformers).
 
-    def __init__(self, dim: int, eps: float, logical_axis: str, param_dtype, *, rngs: nnx.Rngs):
-        self.weight = param(rngs, (dim,), (logical_axis,), param_dtype, init="ones")
+    With ``offset`` (Gemma: 1) the scale is (offset + w), the product taken in float32 before
+    the cast (Gemma2RMSNorm's order), and w starts at 0."""
+
+    def __init__(self, dim: int, eps: float, logical_axis: str, param_dtype, *, rngs: nnx.Rngs, offset: float = 0.0):
+        self.weight = param(rngs, (dim,), (logical_axis,), param_dtype, init="zeros" if offset else "ones")
         self.eps = eps
+        self.offset = offset
 
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (x32 * (self.offset + self.weight[...].astype(jnp.float32))).astype(x.dtype)
         return self.weight[...] * x32.astype(x.dtype)
 
 
@@ -85,18 +91,24 @@ def _contract(x, w, n: int):
     return jnp.matmul(x.reshape(-1, k), w.reshape(k, -1)).reshape(*lead, *out)
 
 
-class SwiGLU(nnx.Module):
-    """down(silu(gate(x)) · up(x)), the MLP of Llama / Mistral / Qwen."""
+ACTIVATION_FNS = {"silu": jax.nn.silu, "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
 
-    def __init__(self, dim: int, hidden: int, *, bias: bool, param_dtype, dtype, rngs: nnx.Rngs):
+
+class SwiGLU(nnx.Module):
+    """down(act(gate(x)) · up(x)): SwiGLU (act = silu) of Llama / Mistral / Qwen, GeGLU (act =
+    tanh-approximated gelu) of Gemma."""
+
+    def __init__(self, dim: int, hidden: int, *, bias: bool, param_dtype, dtype, rngs: nnx.Rngs,
+                 activation: str = "silu"):
         kw = dict(bias=bias, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.gate_proj = Dense((dim,), (hidden,), ("embed",), ("mlp",), **kw)
         self.up_proj = Dense((dim,), (hidden,), ("embed",), ("mlp",), **kw)
         self.down_proj = Dense((hidden,), (dim,), ("mlp",), ("embed",), **kw)
+        self.activation = activation
 
     def __call__(self, x):
         with jax.named_scope("mlp"):
-            h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+            h = ACTIVATION_FNS[self.activation](self.gate_proj(x)) * self.up_proj(x)
             h = sharding.constrain(h, ("batch", "length", "mlp"))
             return self.down_proj(h)
 
@@ -182,33 +194,38 @@ def part_masks(parts, q_pos, kv_pos, q_seg=None, kv_seg=None, window=None, q_bra
     return PartMasks(masks, tuple(parts))
 
 
-def attention(q, k, v, mask, scale: float, impl: str = "xla"):
+def attention(q, k, v, mask, scale: float, impl: str = "xla", softcap: float | None = None):
     """Dispatches to pojax's explicit-mask XLA attention ("xla") or to
     ``jax.nn.dot_product_attention`` ("jax"; JAX picks its backend, cuDNN on GPU where the
-    mask allows). Same shapes as ``dot_product_attention``; a PartMasks ``mask`` runs each part
-    over its own key ranges and concatenates the outputs."""
+    mask allows; no soft cap). Same shapes as ``dot_product_attention``; a PartMasks ``mask``
+    runs each part over its own key ranges and concatenates the outputs."""
     if isinstance(mask, PartMasks):
         outs = []
         for (qs, qe, ranges), m in zip(mask.parts, mask.masks, strict=True):
             kk = jnp.concatenate([k[:, a:b] for a, b in ranges], axis=1)
             vv = jnp.concatenate([v[:, a:b] for a, b in ranges], axis=1)
-            outs.append(attention(q[:, qs:qe], kk, vv, m, scale, impl))
+            outs.append(attention(q[:, qs:qe], kk, vv, m, scale, impl, softcap))
         return jnp.concatenate(outs, axis=1)
     if impl == "jax":
+        if softcap is not None:
+            raise ValueError("attention_impl='jax' has no attention-logit soft cap; use 'xla'")
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
-    return dot_product_attention(q, k, v, mask, scale)
+    return dot_product_attention(q, k, v, mask, scale, softcap)
 
 
-def dot_product_attention(q, k, v, mask, scale: float):
+def dot_product_attention(q, k, v, mask, scale: float, softcap: float | None = None):
     """Grouped-query attention with an explicit mask, softmax in float32 (the XLA path).
 
     q: [B, T, H, Dh]; k, v: [B, S, K, Dh] with H a multiple of K; mask: [B, T, S] bool.
+    ``softcap`` (Gemma 2): scores become softcap · tanh(scores / softcap) before the mask.
     Returns [B, T, H, Dh] in q's dtype.
     """
     b, t, h, dh = q.shape
     kh = k.shape[2]
     q = q.reshape(b, t, kh, h // kh, dh)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        logits = softcap * jnp.tanh(logits / softcap)
     logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)

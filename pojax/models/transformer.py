@@ -1,4 +1,4 @@
-"""The causal decoder of Llama 2/3/3.1, Mistral, Qwen2/2.5 and Qwen3 in Flax NNX.
+"""The causal decoder of Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3 and Gemma 2 in Flax NNX.
 
 Read top to bottom: attention → block → model (embedding, layers as a list or an nnx.scan
 stack, final norm, LM head), the full-logits forward, hidden states for the chunked log-prob
@@ -25,7 +25,8 @@ _REMAT_POLICIES = {
 
 
 class Attention(nnx.Module):
-    """GQA self-attention with RoPE, optional q/k/v bias (qwen2) and q/k RMSNorm (qwen3)."""
+    """GQA self-attention with RoPE, optional q/k/v bias (qwen2), q/k RMSNorm (qwen3), and
+    Gemma 2's query_pre_attn_scalar scale and attention-logit soft cap."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
@@ -40,8 +41,9 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs)
         else:
             self.q_norm = self.k_norm = None
-        self.scale = dh ** -0.5
+        self.scale = (c.query_pre_attn_scalar or dh) ** -0.5
         self.impl = c.attention_impl
+        self.softcap = c.attn_logit_softcapping
 
     def project(self, x, positions, inv_freq):
         """q [B, T, H, Dh], k and v [B, T, K, Dh], RoPE applied."""
@@ -55,7 +57,7 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, mask, inv_freq):
         with jax.named_scope("attention"):
             q, k, v = self.project(x, positions, inv_freq)
-            return self.o_proj(attention(q, k, v, mask, self.scale, self.impl))
+            return self.o_proj(attention(q, k, v, mask, self.scale, self.impl, self.softcap))
 
     def decode(self, x, positions, cache_k, cache_v, index, mask, inv_freq):
         """Attention of new tokens over a KV cache; writes their k/v at slots [index, index+T)."""
@@ -63,31 +65,48 @@ class Attention(nnx.Module):
             q, k, v = self.project(x, positions, inv_freq)
             cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
             cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-            out = attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask, self.scale, self.impl)
+            out = attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask, self.scale, self.impl,
+                            self.softcap)
             return self.o_proj(out), cache_k, cache_v
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
+    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)).
+
+    Gemma 2 (``config.model_type == "gemma2"``) norms both sides of each sublayer, under its
+    checkpoint's names: x + post_attention_layernorm(attn(input_layernorm(x))), then
+    + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))). Llama's
+    post_attention_layernorm is the norm before the MLP."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
         pd = dtype_of(c.param_dtype)
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
+        norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs, offset=c.norm_offset)
+        self.input_layernorm = norm()
         self.self_attn = Attention(c, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
+        self.post_attention_layernorm = norm()
+        self.sandwich = c.model_type == "gemma2"
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias, param_dtype=pd,
-                          dtype=dtype_of(c.dtype), rngs=rngs)
+                          dtype=dtype_of(c.dtype), rngs=rngs, activation=c.hidden_act)
+
+    def _mlp(self, x):
+        if self.sandwich:
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def _residual(self, x, a):
+        return x + (self.post_attention_layernorm(a) if self.sandwich else a)
 
     def __call__(self, x, positions, mask, inv_freq):
-        x = x + self.self_attn(self.input_layernorm(x), positions, mask, inv_freq)
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return sharding.constrain(x, ("batch", "length", "embed"))
+        x = self._residual(x, self.self_attn(self.input_layernorm(x), positions, mask, inv_freq))
+        return sharding.constrain(self._mlp(x), ("batch", "length", "embed"))
 
     def decode(self, x, positions, cache_k, cache_v, index, mask, inv_freq):
         a, cache_k, cache_v = self.self_attn.decode(self.input_layernorm(x), positions, cache_k, cache_v, index, mask, inv_freq)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), cache_k, cache_v
+        return self._mlp(self._residual(x, a)), cache_k, cache_v
 
 
 def _run_block(block: Block, x, positions, masks, sliding, inv_freq):
@@ -108,7 +127,7 @@ class DecoderStack(nnx.Module):
             self.layers = _stacked_blocks(c, rngs)
         else:
             self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs, offset=c.norm_offset)
         self.lm_head = None if c.tie_word_embeddings else param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
         self.inv_freq = nnx.Variable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope))  # static, not trained
 
@@ -117,8 +136,17 @@ class DecoderStack(nnx.Module):
         return self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
 
     def embed(self, input_ids):
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype_of(self.config.dtype))
+        """Token embeddings [B, T, D] in the compute dtype (Gemma: times sqrt(D) rounded to it)."""
+        dtype = dtype_of(self.config.dtype)
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
+        if self.config.embed_scale:
+            x = x * jnp.asarray(self.config.hidden_size ** 0.5, dtype)
         return sharding.constrain(x, ("batch", "length", "embed"))
+
+    @property
+    def logit_soft_cap(self) -> float | None:
+        """Gemma 2's final-logit soft cap (None: logits as they are), for the log-prob paths."""
+        return self.config.final_logit_softcapping
 
     def __call__(self, input_ids, *, positions=None, segment_ids=None):
         """Logits [B, T, V] float32 (the full-logits path; training uses hidden_states)."""
@@ -127,7 +155,9 @@ class DecoderStack(nnx.Module):
 
     def logits(self, h):
         w = self.lm_head_weight().astype(h.dtype)
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        z = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        cap = self.config.final_logit_softcapping
+        return z if cap is None else cap * jnp.tanh(z / cap)
 
 
 class CausalLM(DecoderStack):

@@ -83,9 +83,10 @@ def _with_token_kl(policy, reference, ids, mask, chunk_size):
     targets, tmask = ar.shift_targets(ids, mask)
     h, w = _hidden_and_head(policy, ids)
     r, wr = jax.lax.stop_gradient(_hidden_and_head(reference, ids))
-    tok = ar.token_logps_from_hidden(h, w, targets, chunk_size=chunk_size)
-    ref_tok = ar.token_logps_from_hidden(r, wr, targets, chunk_size=chunk_size)
-    return tok, ref_tok, token_kl_from_hidden(h, w, r, wr, chunk_size=chunk_size), tmask
+    cap = ar.soft_cap_of(policy)  # policy and reference are one architecture
+    tok = ar.token_logps_from_hidden(h, w, targets, chunk_size=chunk_size, logit_soft_cap=cap)
+    ref_tok = ar.token_logps_from_hidden(r, wr, targets, chunk_size=chunk_size, logit_soft_cap=cap)
+    return tok, ref_tok, token_kl_from_hidden(h, w, r, wr, chunk_size=chunk_size, logit_soft_cap=cap), tmask
 
 
 def pair_logps(policy, reference, batch, *, chunk_size: int = 1024, with_log_sum_sq: bool = False,

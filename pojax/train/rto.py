@@ -53,7 +53,8 @@ class PolicyWithValue(nnx.Module):
         """(log π(targets) [B, T] float32, V [B, T] float32) from one forward of the policy."""
         h = self.policy.hidden_states(ids_BT)
         w = self.policy.lm_head_weight().astype(h.dtype)
-        logps = ar.token_logps_from_hidden(h, w, targets_BT, chunk_size=chunk_size)
+        logps = ar.token_logps_from_hidden(h, w, targets_BT, chunk_size=chunk_size,
+                                           logit_soft_cap=ar.soft_cap_of(self.policy))
         values = jnp.einsum("btd,d->bt", jax.lax.stop_gradient(h).astype(jnp.float32), self.value_w[...]) + self.value_b[...]
         return logps, values
 

@@ -18,6 +18,9 @@ VARIANTS = {
     "qwen2-window": ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1,
                                    layer_types=["full_attention", "sliding_attention"])),
     "qwen3-qknorm": ("qwen3", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16)),
+    # caps small enough to bite on random weights; layer 0 slides over 4 tokens, layer 1 is global
+    "gemma2-capped": ("gemma2", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+                                     sliding_window=4, attn_logit_softcapping=3.0, final_logit_softcapping=5.0)),
 }
 
 
@@ -44,8 +47,8 @@ def randomize_(model):
     around 0): the ones / zeros init of norms and biases would hide a misplaced parameter."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            if "norm" in name:  # Gemma's (1 + w) norms store w around 0; they get 1 + w around 1 too
+                p.copy_((0.0 if model.config.model_type == "gemma2" else 1.0) + 0.3 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
             else:

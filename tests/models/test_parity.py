@@ -39,6 +39,25 @@ def test_logits_match_transformers(checkpoint):
                                np.take_along_axis(lp(want[:, :-1]), tgt[..., None], -1), atol=ATOL, rtol=0)
 
 
+def test_chunked_log_probs_match_transformers(checkpoint):
+    """The training path's log-probs (pojax.likelihood.autoregressive: sequence chunks, vocabulary
+    tiles, the model's own final-logit soft cap) against transformers' log-softmax."""
+    from pojax.likelihood.autoregressive import shift_targets, token_logps
+
+    name, path, ref = checkpoint
+    x = ids(seed=4)
+    targets, mask = shift_targets(jnp.asarray(x), jnp.ones(x.shape, bool))
+    with jax.default_matmul_precision("highest"):
+        got = np.asarray(token_logps(from_pretrained(str(path)), jnp.asarray(x), targets, chunk_size=4,
+                                     vocab_chunk_size=32))
+    z = torch_logits(ref, x).astype(np.float64)
+    lp = z - z.max(-1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+    want = np.take_along_axis(lp[:, :-1], x[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(got[:, :-1], want, atol=ATOL, rtol=0)
+    assert bool(np.asarray(mask)[:, :-1].all())
+
+
 def test_padded_rows_match_transformers(checkpoint):
     # right padding: transformers' attention_mask == pojax's segment ids (1 real, 0 padding)
     name, path, ref = checkpoint
@@ -66,6 +85,12 @@ def test_round_trip_through_pojax_save(checkpoint, tmp_path):
 def test_scan_and_remat_variants_match_transformers(checkpoint, overrides):
     name, path, ref = checkpoint
     x = ids(seed=3)
+    if overrides.get("attention_impl") == "jax" and name.startswith("gemma2"):
+        from pojax.models.hf_io import CheckpointError
+
+        with pytest.raises(CheckpointError, match="attn_logit_softcapping needs attention_impl='xla'"):
+            from_pretrained(str(path), **overrides)  # refused: jax.nn.dot_product_attention cannot soft-cap
+        return
     with jax.default_matmul_precision("highest"):
         got = np.asarray(from_pretrained(str(path), **overrides)(jnp.asarray(x)))
     np.testing.assert_allclose(got, torch_logits(ref, x), atol=ATOL, rtol=0)

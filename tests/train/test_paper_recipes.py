@@ -1,5 +1,5 @@
 """The paper-scale recipes of configs/ (8B models on TPU VMs), each run for 2 steps on a tiny
-random model of the same family (Llama, Mistral, Qwen3) saved in the Hugging Face layout, with a
+random model of the same family (Llama, Mistral, Qwen3, Gemma 2) saved in the Hugging Face layout, with a
 few rows of the dataset in its real upstream layout (UltraFeedback-binarized parquet, kto-mix
 parquet, HH-RLHF gzipped transcripts). Only sizes shrink; loss, reference, scan, remat, dtype,
 mesh and schedule stay the recipe's."""
@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from pojax.config import validate
 from pojax.train.run import run_train
@@ -28,6 +28,10 @@ PAPER_RECIPES = {  # recipe -> (HF config class, HF model class, extra config of
     "llama3_8b_simpo_ultrafeedback": (LlamaConfig, LlamaForCausalLM, {}),
     "mistral_7b_kto_mix": (MistralConfig, MistralForCausalLM, {"sliding_window": 12}),
     "qwen3_dpo_hh_rlhf": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 8}),
+    # soft caps small enough to bite at this size; layer 0 slides over 12 tokens, layer 1 is global
+    "gemma2_9b_dpo_ultrafeedback": (Gemma2Config, Gemma2ForCausalLM, {"head_dim": 8, "query_pre_attn_scalar": 8,
+                                                                      "sliding_window": 12, "attn_logit_softcapping": 2.0,
+                                                                      "final_logit_softcapping": 3.0}),
 }
 SMALL = {"train.max_steps": 2, "train.batch_size": 8, "train.grad_accum_steps": 1, "data.max_prompt_length": 16,
          "data.max_completion_length": 8, "likelihood.chunk_size": 8, "eval.num_examples": 8,
@@ -107,6 +111,7 @@ CASES = {  # recipe -> (upstream layout writer, overrides beyond SMALL, first lo
     "llama3_8b_simpo_ultrafeedback": (lambda root: ultrafeedback_dir(root, identical_pairs=True), {}, simpo_limit),
     "mistral_7b_kto_mix": (kto_mix_dir, {}, lambda c: 0.5),  # r = z0 = 0: λ (1 - σ(0)) with λ_D = λ_U = 1
     "qwen3_dpo_hh_rlhf": (hh_rlhf_dir, {"train.sft_steps": 2}, lambda c: math.log(2)),  # reference = the SFT'd policy
+    "gemma2_9b_dpo_ultrafeedback": (ultrafeedback_dir, {}, lambda c: math.log(2)),  # policy == reference
 }
 
 
