@@ -20,8 +20,8 @@ held out. A file scored by another reward model trains the same way in pojax's `
 
 What is public and what pojax chose (the training code of DiffPO is not released; its repository,
 zjuruizhechen/DiffPO, has the evaluation code, which builds on hao-ai-lab/Consistency_LLM):
-  - public: the aligner families (DiffPO-8B: Llama-3-8B; DiffPO-9B: Gemma-2-9B, not a pojax model
-    family yet), 256 refined tokens per answer (``--max_new_tokens_for_consistency 256``), the
+  - public: the aligner families (DiffPO-8B: Llama-3-8B; DiffPO-9B: Gemma-2-9B,
+    configs/diffpo_gemma2_9b_ultrafeedback.py), 256 refined tokens per answer (``--max_new_tokens_for_consistency 256``), the
     CLLM recipe it builds on (lr 2e-5, cosine, 3 % warm-up, no weight decay, 1 epoch, bf16,
     L = L_cons + 10 · L_AR, i.e. ω = 0.1 here up to an overall scale).
   - chosen: UltraFeedback's GPT-4 ``overall_score`` ranks the trajectories (4 completions: 3
