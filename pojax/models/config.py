@@ -4,7 +4,9 @@ config (or its config.json) and exported back to one.
 Families (``model_type``): llama (2, 3, 3.1 rope scaling), mistral (sliding window),
 qwen2 / qwen2.5 (q/k/v bias, optional per-layer sliding window), qwen3 (q/k RMSNorm), gemma2
 (GeGLU, (1 + w) RMSNorms before and after attention and MLP, scaled embeddings, attention- and
-final-logit soft caps, alternating sliding / global layers; its blocks: pojax.models.gemma), and the
+final-logit soft caps, alternating sliding / global layers), gemma3_text (Gemma 3's text decoder:
+gemma2's blocks with (1 + w) q/k RMSNorms, 5 sliding layers per global one, and a RoPE base of
+their own for the sliding layers), and the
 masked-diffusion LM llada (LLaDA's own config.json keys, read and written by ``_llada_fields`` and
 ``_llada_hf_dict``; its network is pojax.models.llada.LLaDA).
 """
@@ -15,7 +17,7 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "llada")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "llada")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # gate activations of the gated MLP (SwiGLU, GeGLU)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -76,6 +78,9 @@ class ModelConfig:
       attn_logit_softcapping: attention scores become cap · tanh(scores / cap) (gemma2: 50).
       final_logit_softcapping: LM logits become cap · tanh(logits / cap) (gemma2: 30), in the
         full logits and in the vocabulary-tiled log-probs alike.
+      sliding_rope_theta, sliding_rope_scaling: RoPE of the sliding-window layers when it differs
+        from the full-attention layers' (gemma3_text: base 10k, while global layers use 1M with
+        linear scaling); None = the same RoPE everywhere.
     """
 
     model_type: str = "llama"
@@ -113,6 +118,8 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
+    sliding_rope_theta: float | None = None
+    sliding_rope_scaling: tuple | None = None
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -128,9 +135,10 @@ class ModelConfig:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of num_key_value_heads={self.num_key_value_heads}")
-        rope_type = dict(self.rope_scaling or {}).get("rope_type", "default")
-        if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise ValueError(f"unsupported rope_type {rope_type!r}; pojax supports {', '.join(SUPPORTED_ROPE_TYPES)}")
+        for scaling in (self.rope_scaling, self.sliding_rope_scaling):
+            rope_type = dict(scaling or {}).get("rope_type", "default")
+            if rope_type not in SUPPORTED_ROPE_TYPES:
+                raise ValueError(f"unsupported rope_type {rope_type!r}; pojax supports {', '.join(SUPPORTED_ROPE_TYPES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
         if self.remat not in REMAT_POLICIES:
@@ -160,6 +168,11 @@ class ModelConfig:
         """rope_parameters as a dict (rope_type, factor, ...), without rope_theta."""
         return dict(self.rope_scaling or {"rope_type": "default"})
 
+    @property
+    def sliding_rope(self) -> dict:
+        """The sliding layers' rope_parameters (without rope_theta)."""
+        return dict(self.sliding_rope_scaling or {"rope_type": "default"})
+
     def window(self, layer: int) -> int | None:
         """The sliding window of a layer, or None for full causal attention."""
         return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
@@ -183,6 +196,10 @@ class ModelConfig:
             )
         if model_type == "llada":
             return cls(**{**_llada_fields(d), **overrides})
+        per_type = {}
+        if model_type == "gemma3_text":  # rope_parameters per layer type
+            per_type = _gemma3_rope(d)
+            d = {**d, "rope_parameters": per_type["full_attention"]}
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
         rope.setdefault("rope_type", rope.pop("type", "default"))
@@ -199,11 +216,13 @@ class ModelConfig:
                 layer_types = ["full_attention"] * d["num_hidden_layers"]
         elif model_type == "mistral":
             layer_types = None  # derived from sliding_window in __post_init__
-        elif model_type == "gemma2":
+        elif model_type in ("gemma2", "gemma3_text"):
             if d.get("use_bidirectional_attention"):
-                raise ValueError("gemma2 config key 'use_bidirectional_attention' = True is not supported (causal only)")
-            if layer_types is None:  # transformers' default: even layers slide, odd layers are global
-                layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention"
+                raise ValueError(f"{model_type} config key 'use_bidirectional_attention' = True is not supported "
+                                 "(causal only)")
+            if layer_types is None:  # transformers' default: every 2nd (gemma2) / 6th (gemma3) layer is global
+                every = 2 if model_type == "gemma2" else d.get("sliding_window_pattern", 6)
+                layer_types = ["sliding_attention" if (i + 1) % every else "full_attention"
                                for i in range(d["num_hidden_layers"])]
             if sliding is None:
                 layer_types = ["full_attention"] * d["num_hidden_layers"]
@@ -231,8 +250,14 @@ class ModelConfig:
             layer_types=None if layer_types is None else tuple(layer_types),
             **read_token_ids(d),
         )
-        if model_type == "gemma2":
+        if model_type in ("gemma2", "gemma3_text"):
             fields.update(_gemma2_fields(d))
+        if model_type == "gemma3_text":
+            local = dict(per_type["sliding_attention"])
+            fields.update(qk_norm=True, attn_logit_softcapping=d.get("attn_logit_softcapping"),
+                          final_logit_softcapping=d.get("final_logit_softcapping"),
+                          sliding_rope_theta=float(local.pop("rope_theta")),
+                          sliding_rope_scaling=None if local == {"rope_type": "default"} else tuple(sorted(local.items())))
         elif d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {d.get('hidden_act')!r}; pojax's {model_type} uses silu (SwiGLU)")
         fields.update(overrides)
@@ -267,7 +292,10 @@ class ModelConfig:
             hidden_act=self.hidden_act,
             torch_dtype=self.param_dtype,
         )
-        if self.model_type == "gemma2":
+        if self.model_type == "gemma3_text":
+            d["rope_parameters"] = {"full_attention": d["rope_parameters"],
+                                    "sliding_attention": {"rope_theta": self.sliding_rope_theta, **self.sliding_rope}}
+        if self.model_type in ("gemma2", "gemma3_text"):
             d.pop("hidden_act")
             d.update(hidden_activation=self.hidden_act, attention_bias=self.attention_bias,
                      query_pre_attn_scalar=self.query_pre_attn_scalar, sliding_window=self.sliding_window,
@@ -286,7 +314,7 @@ class ModelConfig:
         d.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.token_ids().items()})
         d["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                               "gemma2": "Gemma2ForCausalLM"}[self.model_type]]
+                               "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[self.model_type]]
         return d
 
     def to_hf_config(self):
@@ -300,8 +328,25 @@ class ModelConfig:
         return AutoConfig.for_model(d.pop("model_type"), **d)
 
 
+def _gemma3_rope(d: dict) -> dict:
+    """{"full_attention": {...}, "sliding_attention": {...}} rope_parameters of a Gemma3TextConfig
+    dict (each with rope_theta and rope_type; transformers' defaults 1M / 10k where absent)."""
+    params = d.get("rope_parameters") or {}
+    if params and not set(params) <= {"full_attention", "sliding_attention"}:  # the older flat layout
+        params = {"full_attention": params}
+    out = {}
+    for kind, theta in (("full_attention", d.get("rope_theta", 1_000_000.0)),
+                        ("sliding_attention", d.get("rope_local_base_freq", 10_000.0))):
+        p = dict(params.get(kind) or {})
+        p.setdefault("rope_theta", theta)
+        p.setdefault("rope_type", p.pop("type", "default"))
+        out[kind] = p
+    return out
+
+
 def _gemma2_fields(d: dict) -> dict:
-    """The Gemma 2 switches of a transformers Gemma2Config dict (its defaults where absent)."""
+    """The Gemma 2 switches of a transformers Gemma2Config / Gemma3TextConfig dict (their
+    defaults where absent)."""
     act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
         raise ValueError(f"gemma2 config key 'hidden_activation' = {act!r} is not supported (gelu_pytorch_tanh)")

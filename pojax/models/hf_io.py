@@ -341,6 +341,8 @@ def _fill_static(model: CausalLM | LLaDA, config: ModelConfig) -> None:
     from pojax.models.layers import rope_inv_freq
 
     model.inv_freq.set_value(rope_inv_freq(config.head_dim, config.rope_theta, config.rope))
+    if hasattr(model, "inv_freq_local"):
+        model.inv_freq_local.set_value(rope_inv_freq(config.head_dim, config.sliding_rope_theta, config.sliding_rope))
     if hasattr(model, "sliding"):
         model.sliding.set_value(jnp.array([t == "sliding_attention" for t in config.layer_types]))
 

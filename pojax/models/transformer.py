@@ -1,4 +1,4 @@
-"""The causal decoder of Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3 and Gemma 2 in Flax NNX.
+"""The causal decoder of Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3, Gemma 2 and Gemma 3 (text) in Flax NNX.
 
 Read top to bottom: attention → block → model (embedding, layers as a list or an nnx.scan
 stack, final norm, LM head), the full-logits forward, hidden states for the chunked log-prob
@@ -16,6 +16,8 @@ from pojax.models.config import ModelConfig
 from pojax.models.layers import (
     Dense, RMSNorm, SwiGLU, apply_rope, attention, attention_mask, dtype_of, param, part_masks, rope_inv_freq,
 )
+
+SANDWICH_NORM_TYPES = ("gemma2", "gemma3_text")  # norms before and after attention and MLP
 
 _REMAT_POLICIES = {
     "full": None,
@@ -37,8 +39,8 @@ class Attention(nnx.Module):
         self.v_proj = Dense((d,), (k, dh), ("embed",), ("kv_heads", "head_dim"), bias=c.attention_bias, **kw)
         self.o_proj = Dense((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=c.o_proj_bias, **kw)
         if c.qk_norm:
-            self.q_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs)
-            self.k_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs)
+            self.q_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs, offset=c.norm_offset)
+            self.k_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs, offset=c.norm_offset)
         else:
             self.q_norm = self.k_norm = None
         self.scale = (c.query_pre_attn_scalar or dh) ** -0.5
@@ -73,7 +75,7 @@ class Attention(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)).
 
-    Gemma 2 (``config.model_type == "gemma2"``) norms both sides of each sublayer, under its
+    Gemma 2 and 3 (``config.model_type`` in SANDWICH_NORM_TYPES) norm both sides of each sublayer, under their
     checkpoint's names: x + post_attention_layernorm(attn(input_layernorm(x))), then
     + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))). Llama's
     post_attention_layernorm is the norm before the MLP."""
@@ -85,7 +87,7 @@ class Block(nnx.Module):
         self.input_layernorm = norm()
         self.self_attn = Attention(c, rngs=rngs)
         self.post_attention_layernorm = norm()
-        self.sandwich = c.model_type == "gemma2"
+        self.sandwich = c.model_type in SANDWICH_NORM_TYPES
         if self.sandwich:
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
@@ -109,9 +111,10 @@ class Block(nnx.Module):
         return self._mlp(self._residual(x, a)), cache_k, cache_v
 
 
-def _run_block(block: Block, x, positions, masks, sliding, inv_freq):
+def _run_block(block: Block, x, positions, masks, sliding, inv_freqs):
+    """One layer; a sliding layer takes the windowed mask and the local RoPE (inv_freqs[1])."""
     mask = jax.tree.map(lambda w, f: jnp.where(sliding, w, f), masks[1], masks[0])
-    return block(x, positions, mask, inv_freq)
+    return block(x, positions, mask, jnp.where(sliding, inv_freqs[1], inv_freqs[0]))
 
 
 class DecoderStack(nnx.Module):
@@ -130,6 +133,13 @@ class DecoderStack(nnx.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs, offset=c.norm_offset)
         self.lm_head = None if c.tie_word_embeddings else param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
         self.inv_freq = nnx.Variable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope))  # static, not trained
+        if c.sliding_rope_theta is not None:  # Gemma 3: sliding layers rotate with their own base
+            self.inv_freq_local = nnx.Variable(rope_inv_freq(c.head_dim, c.sliding_rope_theta, c.sliding_rope))
+
+    def inv_freqs(self):
+        """[2, Dh/2] RoPE inverse frequencies of full-attention layers, then of sliding layers."""
+        local = getattr(self, "inv_freq_local", None)
+        return jnp.stack([self.inv_freq[...], (self.inv_freq if local is None else local)[...]])
 
     def lm_head_weight(self):
         """The LM head as [D, V] (the transposed embedding when tied)."""
@@ -194,7 +204,7 @@ class CausalLM(DecoderStack):
         windowed = full if c.sliding_window is None else whole(make(c.sliding_window))
         masks = (full, windowed)
         x = self.embed(input_ids)
-        inv_freq = self.inv_freq[...]
+        inv_freq = self.inv_freqs()
         run = _run_block
         if c.remat != "none":
             run = nnx.remat(_run_block, policy=_REMAT_POLICIES[c.remat])
@@ -231,11 +241,12 @@ class CausalLM(DecoderStack):
         full = attention_mask(q_pos, kv_pos)
         windowed = full if c.sliding_window is None else attention_mask(q_pos, kv_pos, window=c.sliding_window)
         x = self.embed(input_ids)
-        inv_freq = self.inv_freq[...]
+        inv_freqs = self.inv_freqs()
         ks, vs = [], []
         blocks = _unstack(self.layers) if c.scan_layers else self.layers
         for i, block in enumerate(blocks):
             mask = jnp.where(self.sliding[...][i], windowed, full)
+            inv_freq = jnp.where(self.sliding[...][i], inv_freqs[1], inv_freqs[0])
             x, k, v = block.decode(x, q_pos, cache["k"][i], cache["v"][i], index, mask, inv_freq)
             ks.append(k)
             vs.append(v)

@@ -21,6 +21,13 @@ VARIANTS = {
     # caps small enough to bite on random weights; layer 0 slides over 4 tokens, layer 1 is global
     "gemma2-capped": ("gemma2", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
                                      sliding_window=4, attn_logit_softcapping=3.0, final_logit_softcapping=5.0)),
+    # Gemma 3's text decoder: q/k norms, local / global RoPE bases (linear scaling on the global one)
+    "gemma3-text": ("gemma3_text", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+                                        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                                        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                            "rope_theta": 1_000_000.0},
+                                                         "sliding_attention": {"rope_type": "default",
+                                                                               "rope_theta": 100.0}})),
 }
 
 
@@ -48,7 +55,7 @@ def randomize_(model):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:  # Gemma's (1 + w) norms store w around 0; they get 1 + w around 1 too
-                p.copy_((0.0 if model.config.model_type == "gemma2" else 1.0) + 0.3 * torch.randn_like(p))
+                p.copy_((0.0 if model.config.model_type.startswith("gemma") else 1.0) + 0.3 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
             else:
