@@ -6,7 +6,8 @@ qwen2 / qwen2.5 (q/k/v bias, optional per-layer sliding window), qwen3 (q/k RMSN
 (GeGLU, (1 + w) RMSNorms before and after attention and MLP, scaled embeddings, attention- and
 final-logit soft caps, alternating sliding / global layers), gemma3_text (Gemma 3's text decoder:
 gemma2's blocks with (1 + w) q/k RMSNorms, 5 sliding layers per global one, and a RoPE base of
-their own for the sliding layers), and the
+their own for the sliding layers), olmo2 (norms after attention and MLP only, q/k RMSNorm over
+all heads together), and the
 masked-diffusion LM llada (LLaDA's own config.json keys, read and written by ``_llada_fields`` and
 ``_llada_hf_dict``; its network is pojax.models.llada.LLaDA).
 """
@@ -17,7 +18,7 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "llada")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "llada")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # gate activations of the gated MLP (SwiGLU, GeGLU)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -54,7 +55,8 @@ class ModelConfig:
       tie_word_embeddings: the LM head is the embedding matrix.
       attention_bias: bias on q/k/v (qwen2 always; llama/qwen3 when set); o_proj_bias on o.
       mlp_bias: bias on the SwiGLU projections (llama's mlp_bias).
-      qk_norm: RMSNorm over head_dim on q and k before RoPE (qwen3).
+      qk_norm: RMSNorm over head_dim on q and k before RoPE (qwen3, gemma3_text).
+      qk_norm_heads: that RMSNorm spans all heads of q (of k) together (olmo2).
       sliding_window: window in tokens, or None; layer_types: per layer "full_attention" |
         "sliding_attention" (mistral: every layer slides when sliding_window is set).
       dtype: compute dtype, param_dtype: parameter dtype ("float32" | "bfloat16"); norms,
@@ -100,6 +102,7 @@ class ModelConfig:
     o_proj_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
+    qk_norm_heads: bool = False
     sliding_window: int | None = None
     layer_types: tuple | None = None
     dtype: str = "float32"
@@ -242,10 +245,11 @@ class ModelConfig:
             rope_scaling=None if rope == {"rope_type": "default"} else tuple(sorted(rope.items())),
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=True if model_type == "qwen2" else bool(d.get("attention_bias", False)),
+            attention_bias=True if model_type == "qwen2" else bool(d.get("attention_bias", False)),  # olmo2: o too
             o_proj_bias=False if model_type == "qwen2" else bool(d.get("attention_bias", False)),
             mlp_bias=bool(d.get("mlp_bias", False)),
-            qk_norm=model_type == "qwen3",
+            qk_norm=model_type in ("qwen3", "olmo2"),
+            qk_norm_heads=model_type == "olmo2",
             sliding_window=sliding,
             layer_types=None if layer_types is None else tuple(layer_types),
             **read_token_ids(d),
@@ -303,6 +307,8 @@ class ModelConfig:
                      final_logit_softcapping=self.final_logit_softcapping)
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+        elif self.model_type == "olmo2":
+            d.update(attention_bias=self.attention_bias)
         elif self.model_type == "qwen3":
             d.update(attention_bias=self.attention_bias)
         if self.model_type == "mistral":
@@ -314,7 +320,8 @@ class ModelConfig:
         d.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.token_ids().items()})
         d["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                               "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}[self.model_type]]
+                               "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+                               "olmo2": "Olmo2ForCausalLM"}[self.model_type]]
         return d
 
     def to_hf_config(self):

@@ -110,6 +110,8 @@ def _layout(suffix: tuple) -> object:
         return ("linear", _N_IN.get(suffix[-2], 1))
     if suffix[-1] == "bias" and suffix[-2] in ("q_proj", "k_proj", "v_proj"):
         return "reshape"
+    if suffix[-1] == "weight" and suffix[-2] in ("q_norm", "k_norm"):  # OLMo 2's [H·Dh] norms are [H, Dh] here
+        return "reshape"
     return "copy"
 
 

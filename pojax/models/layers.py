@@ -38,16 +38,21 @@ class RMSNorm(nnx.Module):
     """y = w · x / sqrt(mean(x²) + ε), computed in float32 and cast back (as transformers).
 
     With ``offset`` (Gemma: 1) the scale is (offset + w), the product taken in float32 before
-    the cast (Gemma2RMSNorm's order), and w starts at 0."""
+    the cast (Gemma2RMSNorm's order), and w starts at 0. A tuple ``dim`` with as many logical
+    axes normalizes over that many trailing dims together (OLMo 2's q/k norm over all heads)."""
 
-    def __init__(self, dim: int, eps: float, logical_axis: str, param_dtype, *, rngs: nnx.Rngs, offset: float = 0.0):
-        self.weight = param(rngs, (dim,), (logical_axis,), param_dtype, init="zeros" if offset else "ones")
+    def __init__(self, dim, eps: float, logical_axis, param_dtype, *, rngs: nnx.Rngs, offset: float = 0.0):
+        shape = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+        axes = tuple(logical_axis) if isinstance(logical_axis, (tuple, list)) else (logical_axis,)
+        self.weight = param(rngs, shape, axes, param_dtype, init="zeros" if offset else "ones")
         self.eps = eps
         self.offset = offset
+        self.n_axes = len(shape)
 
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        axes = tuple(range(-self.n_axes, 0))
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axes, keepdims=True) + self.eps)
         if self.offset:
             return (x32 * (self.offset + self.weight[...].astype(jnp.float32))).astype(x.dtype)
         return self.weight[...] * x32.astype(x.dtype)

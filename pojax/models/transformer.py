@@ -1,4 +1,5 @@
-"""The causal decoder of Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3, Gemma 2 and Gemma 3 (text) in Flax NNX.
+"""The causal decoder of Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3 (text) and
+OLMo 2 in Flax NNX.
 
 Read top to bottom: attention → block → model (embedding, layers as a list or an nnx.scan
 stack, final norm, LM head), the full-logits forward, hidden states for the chunked log-prob
@@ -18,6 +19,14 @@ from pojax.models.layers import (
 )
 
 SANDWICH_NORM_TYPES = ("gemma2", "gemma3_text")  # norms before and after attention and MLP
+POST_NORM_TYPES = ("olmo2",)  # norms after attention and MLP only
+
+
+def norm_placement(config: ModelConfig) -> str:
+    """"pre" (Llama), "sandwich" (Gemma 2 / 3) or "post" (OLMo 2)."""
+    if config.model_type in SANDWICH_NORM_TYPES:
+        return "sandwich"
+    return "post" if config.model_type in POST_NORM_TYPES else "pre"
 
 _REMAT_POLICIES = {
     "full": None,
@@ -39,8 +48,14 @@ class Attention(nnx.Module):
         self.v_proj = Dense((d,), (k, dh), ("embed",), ("kv_heads", "head_dim"), bias=c.attention_bias, **kw)
         self.o_proj = Dense((h, dh), (d,), ("heads", "head_dim"), ("embed",), bias=c.o_proj_bias, **kw)
         if c.qk_norm:
-            self.q_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs, offset=c.norm_offset)
-            self.k_norm = RMSNorm(dh, c.rms_norm_eps, "head_dim", dtype_of(c.param_dtype), rngs=rngs, offset=c.norm_offset)
+            if c.qk_norm_heads:  # OLMo 2: over all heads of q (of k) together
+                q_shape, q_axes, k_shape, k_axes = (h, dh), ("heads", "head_dim"), (k, dh), ("kv_heads", "head_dim")
+            else:  # Qwen3, Gemma 3: over each head
+                q_shape = k_shape = dh
+                q_axes = k_axes = "head_dim"
+            kw = dict(rngs=rngs, offset=c.norm_offset)
+            self.q_norm = RMSNorm(q_shape, c.rms_norm_eps, q_axes, dtype_of(c.param_dtype), **kw)
+            self.k_norm = RMSNorm(k_shape, c.rms_norm_eps, k_axes, dtype_of(c.param_dtype), **kw)
         else:
             self.q_norm = self.k_norm = None
         self.scale = (c.query_pre_attn_scalar or dh) ** -0.5
@@ -73,41 +88,50 @@ class Attention(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)).
+    """Decoder layer, norms placed as the family places them (``norm_placement``), under its
+    checkpoint's names:
 
-    Gemma 2 and 3 (``config.model_type`` in SANDWICH_NORM_TYPES) norm both sides of each sublayer, under their
-    checkpoint's names: x + post_attention_layernorm(attn(input_layernorm(x))), then
-    + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))). Llama's
-    post_attention_layernorm is the norm before the MLP."""
+      pre       x + attn(input_layernorm(x)), then + mlp(post_attention_layernorm(x)) (Llama:
+                its post_attention_layernorm is the norm before the MLP)
+      sandwich  x + post_attention_layernorm(attn(input_layernorm(x))), then
+                + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))) (Gemma 2 / 3)
+      post      x + post_attention_layernorm(attn(x)), then + post_feedforward_layernorm(mlp(x))
+                (OLMo 2)"""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
         pd = dtype_of(c.param_dtype)
         norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs, offset=c.norm_offset)
-        self.input_layernorm = norm()
+        self.placement = norm_placement(c)
+        if self.placement != "post":
+            self.input_layernorm = norm()
         self.self_attn = Attention(c, rngs=rngs)
         self.post_attention_layernorm = norm()
-        self.sandwich = c.model_type in SANDWICH_NORM_TYPES
-        if self.sandwich:
+        if self.placement == "sandwich":
             self.pre_feedforward_layernorm = norm()
+        if self.placement != "pre":
             self.post_feedforward_layernorm = norm()
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias, param_dtype=pd,
                           dtype=dtype_of(c.dtype), rngs=rngs, activation=c.hidden_act)
 
-    def _mlp(self, x):
-        if self.sandwich:
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def _attn_in(self, x):
+        return x if self.placement == "post" else self.input_layernorm(x)
 
     def _residual(self, x, a):
-        return x + (self.post_attention_layernorm(a) if self.sandwich else a)
+        return x + (a if self.placement == "pre" else self.post_attention_layernorm(a))
+
+    def _mlp(self, x):
+        if self.placement == "pre":
+            return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.mlp(self.pre_feedforward_layernorm(x) if self.placement == "sandwich" else x)
+        return x + self.post_feedforward_layernorm(h)
 
     def __call__(self, x, positions, mask, inv_freq):
-        x = self._residual(x, self.self_attn(self.input_layernorm(x), positions, mask, inv_freq))
+        x = self._residual(x, self.self_attn(self._attn_in(x), positions, mask, inv_freq))
         return sharding.constrain(self._mlp(x), ("batch", "length", "embed"))
 
     def decode(self, x, positions, cache_k, cache_v, index, mask, inv_freq):
-        a, cache_k, cache_v = self.self_attn.decode(self.input_layernorm(x), positions, cache_k, cache_v, index, mask, inv_freq)
+        a, cache_k, cache_v = self.self_attn.decode(self._attn_in(x), positions, cache_k, cache_v, index, mask, inv_freq)
         return self._mlp(self._residual(x, a)), cache_k, cache_v
 
 

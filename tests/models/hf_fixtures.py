@@ -28,6 +28,7 @@ VARIANTS = {
                                                                             "rope_theta": 1_000_000.0},
                                                          "sliding_attention": {"rope_type": "default",
                                                                                "rope_theta": 100.0}})),
+    "olmo2-bias": ("olmo2", dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True)),
 }
 
 

@@ -117,24 +117,40 @@ def test_paired_rows_train_an_unpaired_loss(hf_dir, tmp_path):
     np.testing.assert_allclose(read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["loss"], 0.5, atol=1e-5)
 
 
-def test_dpo_two_steps_on_a_tiny_gemma3(tmp_path):
-    """configs/dpo.py on a random Gemma 3 text decoder saved by transformers (q/k norms, local
-    and global RoPE bases, sandwich norms): starts at log 2, exports a Gemma3ForCausalLM whose
-    logits are pojax's."""
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+def _gemma3(vocab):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    return Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=6, max_position_embeddings=64,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}))
+
+
+def _olmo2(vocab):
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    return Olmo2ForCausalLM(Olmo2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+@pytest.mark.parametrize("family", [_gemma3, _olmo2], ids=["gemma3_text", "olmo2"])
+def test_dpo_two_steps_on_a_tiny_model_of_each_newer_family(tmp_path, family):
+    """configs/dpo.py on a random Gemma 3 text decoder (q/k norms, local and global RoPE bases,
+    sandwich norms) and a random OLMo 2 (post-norm blocks, q/k norms over all heads), saved by
+    transformers: starts at log 2, exports the family's transformers class with pojax's logits."""
+    from transformers import AutoTokenizer
 
     from pojax.models import from_pretrained
     from tests.data.tokenizer_fixture import make_tokenizer
 
-    model_dir = tmp_path / "gemma3"
+    model_dir = tmp_path / "model"
     tok = make_tokenizer(model_dir)
     torch.manual_seed(0)
-    Gemma3ForCausalLM(Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=6, max_position_embeddings=64,
-        layer_types=["sliding_attention", "full_attention"],
-        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})).save_pretrained(model_dir)
+    source = family(len(tok))
+    hf_cls = type(source)
+    source.save_pretrained(model_dir)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows("paired")))
     config = recipe("dpo", **SMALL, **{"model.path": str(model_dir), "data.path": str(data)})
@@ -143,7 +159,7 @@ def test_dpo_two_steps_on_a_tiny_gemma3(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2]
     np.testing.assert_allclose(metrics[0]["loss"], math.log(2), atol=1e-5)
     final = tmp_path / "run" / "final"
-    hf = Gemma3ForCausalLM.from_pretrained(final).eval()
+    hf = hf_cls.from_pretrained(final).eval()
     assert len(AutoTokenizer.from_pretrained(final)) == len(tok)
     ids = np.arange(12, dtype=np.int32).reshape(2, 6) % len(tok)
     with torch.no_grad():
