@@ -7,7 +7,8 @@ qwen2 / qwen2.5 (q/k/v bias, optional per-layer sliding window), qwen3 (q/k RMSN
 final-logit soft caps, alternating sliding / global layers), gemma3_text (Gemma 3's text decoder:
 gemma2's blocks with (1 + w) q/k RMSNorms, 5 sliding layers per global one, and a RoPE base of
 their own for the sliding layers), olmo2 (norms after attention and MLP only, q/k RMSNorm over
-all heads together), and the
+all heads together), phi3 (Phi-3 / Phi-4: fused qkv and gate_up projections in the checkpoint,
+partial rotary embeddings, an optional sliding window on every layer), and the
 masked-diffusion LM llada (LLaDA's own config.json keys, read and written by ``_llada_fields`` and
 ``_llada_hf_dict``; its network is pojax.models.llada.LLaDA).
 """
@@ -18,7 +19,7 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "llada")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3", "llada")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # gate activations of the gated MLP (SwiGLU, GeGLU)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -80,6 +81,8 @@ class ModelConfig:
       attn_logit_softcapping: attention scores become cap · tanh(scores / cap) (gemma2: 50).
       final_logit_softcapping: LM logits become cap · tanh(logits / cap) (gemma2: 30), in the
         full logits and in the vocabulary-tiled log-probs alike.
+      partial_rotary_factor: the fraction of each head's dims that RoPE rotates (Phi-4-mini:
+        0.75); the rest pass through.
       sliding_rope_theta, sliding_rope_scaling: RoPE of the sliding-window layers when it differs
         from the full-attention layers' (gemma3_text: base 10k, while global layers use 1M with
         linear scaling); None = the same RoPE everywhere.
@@ -123,6 +126,7 @@ class ModelConfig:
     final_logit_softcapping: float | None = None
     sliding_rope_theta: float | None = None
     sliding_rope_scaling: tuple | None = None
+    partial_rotary_factor: float = 1.0
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -132,7 +136,8 @@ class ModelConfig:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.layer_types is None:
-            kind = "sliding_attention" if (self.model_type == "mistral" and self.sliding_window) else "full_attention"
+            slides = self.model_type in ("mistral", "phi3") and self.sliding_window
+            kind = "sliding_attention" if slides else "full_attention"
             object.__setattr__(self, "layer_types", (kind,) * self.num_hidden_layers)
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
@@ -172,6 +177,11 @@ class ModelConfig:
         return dict(self.rope_scaling or {"rope_type": "default"})
 
     @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that RoPE rotates (transformers: int(head_dim · partial_rotary_factor))."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
     def sliding_rope(self) -> dict:
         """The sliding layers' rope_parameters (without rope_theta)."""
         return dict(self.sliding_rope_scaling or {"rope_type": "default"})
@@ -205,6 +215,7 @@ class ModelConfig:
             d = {**d, "rope_parameters": per_type["full_attention"]}
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+        partial = float(rope.pop("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)))
         rope.setdefault("rope_type", rope.pop("type", "default"))
         sliding = d.get("sliding_window")
         layer_types = d.get("layer_types")
@@ -217,7 +228,7 @@ class ModelConfig:
                                for i in range(d["num_hidden_layers"])]
             if sliding is None:
                 layer_types = ["full_attention"] * d["num_hidden_layers"]
-        elif model_type == "mistral":
+        elif model_type in ("mistral", "phi3"):
             layer_types = None  # derived from sliding_window in __post_init__
         elif model_type in ("gemma2", "gemma3_text"):
             if d.get("use_bidirectional_attention"):
@@ -252,6 +263,7 @@ class ModelConfig:
             qk_norm_heads=model_type == "olmo2",
             sliding_window=sliding,
             layer_types=None if layer_types is None else tuple(layer_types),
+            partial_rotary_factor=partial,
             **read_token_ids(d),
         )
         if model_type in ("gemma2", "gemma3_text"):
@@ -311,8 +323,10 @@ class ModelConfig:
             d.update(attention_bias=self.attention_bias)
         elif self.model_type == "qwen3":
             d.update(attention_bias=self.attention_bias)
-        if self.model_type == "mistral":
+        if self.model_type in ("mistral", "phi3"):
             d.update(sliding_window=self.sliding_window)
+        if self.partial_rotary_factor != 1.0:
+            d["rope_parameters"]["partial_rotary_factor"] = self.partial_rotary_factor
         if self.model_type in ("qwen2", "qwen3"):
             sliding = "sliding_attention" in self.layer_types
             d.update(use_sliding_window=sliding, sliding_window=self.sliding_window, layer_types=list(self.layer_types),
@@ -321,7 +335,7 @@ class ModelConfig:
         d["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                                "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
-                               "olmo2": "Olmo2ForCausalLM"}[self.model_type]]
+                               "olmo2": "Olmo2ForCausalLM", "phi3": "Phi3ForCausalLM"}[self.model_type]]
         return d
 
     def to_hf_config(self):

@@ -101,6 +101,25 @@ _FAMILY_MAPS = {"llada": (_LLADA_TOP, _LLADA_LAYER, "model.transformer.blocks.{}
 _CAUSAL_MAPS = (_TOP, _LAYER, "model.layers.{}.")
 
 
+def _phi3_maps(config: ModelConfig):
+    """Phi-3 / Phi-4 (Phi3ForCausalLM) fuse q, k, v into self_attn.qkv_proj [(H + 2K)·Dh, D] and
+    gate, up into mlp.gate_up_proj [2F, D]: each pojax kernel is a row range of the fused
+    tensor, layout ("fused", n_in, start, stop, total)."""
+    q, kv, f = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim, \
+        config.intermediate_size
+    qkv, gate_up = q + 2 * kv, 2 * f
+    fused = {
+        ("self_attn", "q_proj", "kernel"): ("self_attn.qkv_proj.weight", ("fused", 1, 0, q, qkv)),
+        ("self_attn", "k_proj", "kernel"): ("self_attn.qkv_proj.weight", ("fused", 1, q, q + kv, qkv)),
+        ("self_attn", "v_proj", "kernel"): ("self_attn.qkv_proj.weight", ("fused", 1, q + kv, qkv, qkv)),
+        ("mlp", "gate_proj", "kernel"): ("mlp.gate_up_proj.weight", ("fused", 1, 0, f, gate_up)),
+        ("mlp", "up_proj", "kernel"): ("mlp.gate_up_proj.weight", ("fused", 1, f, gate_up, gate_up)),
+    }
+    layer = {k: v for k, v in _LAYER.items() if k[-1] != "bias" and k[:2] not in (
+        ("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("mlp", "gate_proj"), ("mlp", "up_proj"))}
+    return _TOP, {**layer, **fused}, "model.layers.{}."
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not match its config or is incomplete (every problem listed)."""
 
@@ -121,7 +140,10 @@ def name_map(model: CausalLM | LLaDA) -> dict[tuple, tuple]:
     layer), else one name."""
     out = {}
     n_layers = model.config.num_hidden_layers
-    top, layer, prefix = _FAMILY_MAPS.get(model.config.model_type, _CAUSAL_MAPS)
+    if model.config.model_type == "phi3":
+        top, layer, prefix = _phi3_maps(model.config)
+    else:
+        top, layer, prefix = _FAMILY_MAPS.get(model.config.model_type, _CAUSAL_MAPS)
     state = nnx.state(model, nnx.Param)
     for path, _ in nnx.to_flat_state(state):
         path = tuple(path)
@@ -135,7 +157,8 @@ def name_map(model: CausalLM | LLaDA) -> dict[tuple, tuple]:
                 suffix, names = path[2:], [prefix.format(path[1])]
             if suffix not in layer:
                 raise KeyError(f"no {model.config.model_type} checkpoint name for pojax parameter {path}")
-            out[path] = ([n + layer[suffix] for n in names], _layout(suffix), bool(model.config.scan_layers))
+            name, layout = layer[suffix] if isinstance(layer[suffix], tuple) else (layer[suffix], _layout(suffix))
+            out[path] = ([n + name for n in names], layout, bool(model.config.scan_layers))
         else:
             raise KeyError(f"no transformers name for pojax parameter {path}")
     return out
@@ -148,16 +171,23 @@ def hf_shape(shape: tuple, layout) -> tuple:
     if layout == "reshape":
         return (math.prod(shape),)
     n_in = layout[1]
+    if layout[0] == "fused":  # the whole fused tensor
+        return (layout[4], math.prod(shape[:n_in]))
     return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
 
 
 def to_pojax(w: np.ndarray, shape: tuple, layout) -> np.ndarray:
     """A full transformers tensor in pojax's layout."""
-    return w.reshape(shape) if layout in ("copy", "reshape") else w.T.reshape(shape)
+    if layout in ("copy", "reshape"):
+        return w.reshape(shape)
+    if layout[0] == "fused":
+        w = w[layout[2]:layout[3]]
+    return w.T.reshape(shape)
 
 
 def to_hf(w: np.ndarray, layout) -> np.ndarray:
-    """A full pojax parameter in transformers' layout."""
+    """A full pojax parameter in transformers' layout (a fused parameter: its own rows only;
+    ``save_pretrained`` places them in the fused tensor)."""
     if layout == "copy":
         return w
     if layout == "reshape":
@@ -251,7 +281,8 @@ def _read_block(ckpt: _Checkpoint, name: str, shape: tuple, layout, index: tuple
     in_idx = np.ravel_multi_index(np.meshgrid(*region[:n_in], indexing="ij"), shape[:n_in]).ravel()
     out_idx = np.ravel_multi_index(np.meshgrid(*region[n_in:], indexing="ij"), shape[n_in:]).ravel()
     lo_in, hi_in, lo_out, hi_out = in_idx.min(), in_idx.max() + 1, out_idx.min(), out_idx.max() + 1
-    w = ckpt.read(name, slice(lo_out, hi_out), slice(lo_in, hi_in))  # [out, in] bounding block
+    row0 = layout[2] if layout[0] == "fused" else 0  # a fused parameter's rows start at its offset
+    w = ckpt.read(name, slice(row0 + lo_out, row0 + hi_out), slice(lo_in, hi_in))  # [out, in] bounding block
     block = w[np.ix_(out_idx - lo_out, in_idx - lo_in)].T
     return block.reshape([len(r) for r in region])
 
@@ -342,9 +373,9 @@ def _fill_static(model: CausalLM | LLaDA, config: ModelConfig) -> None:
     """Concrete values for the non-parameter variables that eval_shape left abstract."""
     from pojax.models.layers import rope_inv_freq
 
-    model.inv_freq.set_value(rope_inv_freq(config.head_dim, config.rope_theta, config.rope))
+    model.inv_freq.set_value(rope_inv_freq(config.rotary_dim, config.rope_theta, config.rope))
     if hasattr(model, "inv_freq_local"):
-        model.inv_freq_local.set_value(rope_inv_freq(config.head_dim, config.sliding_rope_theta, config.sliding_rope))
+        model.inv_freq_local.set_value(rope_inv_freq(config.rotary_dim, config.sliding_rope_theta, config.sliding_rope))
     if hasattr(model, "sliding"):
         model.sliding.set_value(jnp.array([t == "sliding_attention" for t in config.layer_types]))
 
@@ -377,11 +408,13 @@ def save_pretrained(model: CausalLM | LLaDA, path: str, *, max_shard_bytes: int 
     for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         hf_names, layout, stacked = names[tuple(p)]
         value = np.asarray(jax.device_get(var[...]))
-        if stacked:
-            for i, name in enumerate(hf_names):
-                tensors[name] = to_hf(value[i], layout)
-        else:
-            tensors[hf_names[0]] = to_hf(value, layout)
+        for i, name in enumerate(hf_names):
+            piece = to_hf(value[i] if stacked else value, layout)
+            if layout not in ("copy", "reshape") and layout[0] == "fused":  # rows of a fused tensor
+                whole = tensors.setdefault(name, np.zeros((layout[4], piece.shape[1]), piece.dtype))
+                whole[layout[2]:layout[3]] = piece
+            else:
+                tensors[name] = piece
     shards, current, size = [], {}, 0
     for name in sorted(tensors):
         nbytes = tensors[name].nbytes

@@ -142,14 +142,17 @@ def rope_inv_freq(head_dim: int, theta: float, rope: dict) -> np.ndarray:
 
 
 def apply_rope(x, positions, inv_freq):
-    """Rotate-half RoPE. x: [B, T, N, Dh]; positions: [B, T] int; inv_freq: [Dh/2]."""
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    """Rotate-half RoPE. x: [B, T, N, Dh]; positions: [B, T] int; inv_freq: [R/2] with R ≤ Dh:
+    the first R dims of each head rotate, the rest pass through (partial rotary, Phi-4-mini)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, R/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
     x32 = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    r = 2 * angles.shape[-1]
+    rot, rest = x32[..., :r], x32[..., r:]
+    half = r // 2
+    rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], -1)
+    return jnp.concatenate([rot * cos + rotated * sin, rest], -1).astype(x.dtype)
 
 
 def attention_mask(q_pos, kv_pos, q_seg=None, kv_seg=None, window: int | None = None, causal: bool = True,

@@ -156,9 +156,9 @@ class DecoderStack(nnx.Module):
             self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "embed", pd, rngs=rngs, offset=c.norm_offset)
         self.lm_head = None if c.tie_word_embeddings else param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
-        self.inv_freq = nnx.Variable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope))  # static, not trained
+        self.inv_freq = nnx.Variable(rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope))  # static, not trained
         if c.sliding_rope_theta is not None:  # Gemma 3: sliding layers rotate with their own base
-            self.inv_freq_local = nnx.Variable(rope_inv_freq(c.head_dim, c.sliding_rope_theta, c.sliding_rope))
+            self.inv_freq_local = nnx.Variable(rope_inv_freq(c.rotary_dim, c.sliding_rope_theta, c.sliding_rope))
 
     def inv_freqs(self):
         """[2, Dh/2] RoPE inverse frequencies of full-attention layers, then of sliding layers."""

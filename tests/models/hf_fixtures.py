@@ -29,6 +29,9 @@ VARIANTS = {
                                                          "sliding_attention": {"rope_type": "default",
                                                                                "rope_theta": 100.0}})),
     "olmo2-bias": ("olmo2", dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True)),
+    # fused qkv / gate_up in the checkpoint; half of each head rotates; every layer slides over 4 tokens
+    "phi3-partial-window": ("phi3", dict(num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, sliding_window=4,
+                                         partial_rotary_factor=0.5)),
 }
 
 

@@ -46,7 +46,8 @@ def test_unsupported_model_type(ckpt):
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["model_type"] = "gpt2"
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'; pojax supports llama, mistral, qwen2, qwen3"):
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'; pojax supports llama, mistral, qwen2, qwen3, "
+                                         "gemma2, gemma3_text, olmo2, phi3, llada$"):
         from_pretrained(str(ckpt))
 
 
@@ -61,3 +62,18 @@ def test_no_weights_and_no_config(tmp_path):
 def test_unsupported_rope_type():
     with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
         ModelConfig(rope_scaling=(("factor", 2.0), ("rope_type", "yarn")))
+
+
+def test_phi3_longrope_and_other_unimplemented_switches_are_refused_by_name():
+    """LongRoPE (Phi-3-*-128k, Phi-4-mini) is not implemented: refused, never read as plain RoPE;
+    so are a Gemma decoder with bidirectional attention and an MLP activation pojax lacks."""
+    phi3 = dict(model_type="phi3", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2)
+    longrope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
+                "original_max_position_embeddings": 4096}
+    with pytest.raises(ValueError, match="unsupported rope_type 'longrope'"):
+        ModelConfig.from_hf_config(dict(phi3, rope_parameters=longrope))
+    with pytest.raises(ValueError, match="'use_bidirectional_attention' = True is not supported"):
+        ModelConfig.from_hf_config(dict(phi3, model_type="gemma3_text", use_bidirectional_attention=True))
+    with pytest.raises(ValueError, match="unsupported hidden_act 'gelu_new'"):
+        ModelConfig.from_hf_config(dict(phi3, hidden_act="gelu_new"))

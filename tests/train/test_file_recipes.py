@@ -135,11 +135,19 @@ def _olmo2(vocab):
                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
 
 
-@pytest.mark.parametrize("family", [_gemma3, _olmo2], ids=["gemma3_text", "olmo2"])
+def _phi3(vocab):
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    return Phi3ForCausalLM(Phi3Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=0, partial_rotary_factor=0.75))
+
+
+@pytest.mark.parametrize("family", [_gemma3, _olmo2, _phi3], ids=["gemma3_text", "olmo2", "phi3"])
 def test_dpo_two_steps_on_a_tiny_model_of_each_newer_family(tmp_path, family):
     """configs/dpo.py on a random Gemma 3 text decoder (q/k norms, local and global RoPE bases,
-    sandwich norms) and a random OLMo 2 (post-norm blocks, q/k norms over all heads), saved by
-    transformers: starts at log 2, exports the family's transformers class with pojax's logits."""
+    sandwich norms), a random OLMo 2 (post-norm blocks, q/k norms over all heads) and a random
+    Phi-3 (fused qkv / gate_up tensors, partial rotary), saved by transformers: starts at log 2, exports the family's transformers class with pojax's logits."""
     from transformers import AutoTokenizer
 
     from pojax.models import from_pretrained
