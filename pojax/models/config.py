@@ -21,7 +21,7 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3", "llada")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # gate activations of the gated MLP (SwiGLU, GeGLU)
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTION_IMPLS = ("xla", "jax")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -177,6 +177,15 @@ class ModelConfig:
         return dict(self.rope_scaling or {"rope_type": "default"})
 
     @property
+    def rope_scale(self) -> float:
+        """LongRoPE's attention factor on cos and sin (1 for every other RoPE)."""
+        if self.rope.get("rope_type") != "longrope":
+            return 1.0
+        from pojax.models.layers import longrope_attention_factor
+
+        return longrope_attention_factor(self.rope, self.max_position_embeddings)
+
+    @property
     def rotary_dim(self) -> int:
         """Dims of each head that RoPE rotates (transformers: int(head_dim · partial_rotary_factor))."""
         return int(self.head_dim * self.partial_rotary_factor)
@@ -216,6 +225,9 @@ class ModelConfig:
         rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
         partial = float(rope.pop("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)))
+        if rope.get("rope_type") == "longrope":  # its factor lists as tuples (the config stays hashable)
+            rope.setdefault("original_max_position_embeddings", d.get("original_max_position_embeddings"))
+            rope = {k: tuple(v) if isinstance(v, list) else v for k, v in rope.items() if v is not None}
         rope.setdefault("rope_type", rope.pop("type", "default"))
         sliding = d.get("sliding_window")
         layer_types = d.get("layer_types")
@@ -291,7 +303,7 @@ class ModelConfig:
         """The transformers config.json content for this architecture."""
         if self.model_type == "llada":
             return _llada_hf_dict(self)
-        rope = {"rope_theta": self.rope_theta, **self.rope}
+        rope = {"rope_theta": self.rope_theta, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.rope.items()}}
         d = dict(
             model_type=self.model_type,
             vocab_size=self.vocab_size,
@@ -325,6 +337,8 @@ class ModelConfig:
             d.update(attention_bias=self.attention_bias)
         if self.model_type in ("mistral", "phi3"):
             d.update(sliding_window=self.sliding_window)
+        if self.rope.get("rope_type") == "longrope":
+            d["original_max_position_embeddings"] = self.rope["original_max_position_embeddings"]
         if self.partial_rotary_factor != 1.0:
             d["rope_parameters"]["partial_rotary_factor"] = self.partial_rotary_factor
         if self.model_type in ("qwen2", "qwen3"):

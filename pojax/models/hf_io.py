@@ -374,6 +374,8 @@ def _fill_static(model: CausalLM | LLaDA, config: ModelConfig) -> None:
     from pojax.models.layers import rope_inv_freq
 
     model.inv_freq.set_value(rope_inv_freq(config.rotary_dim, config.rope_theta, config.rope))
+    if hasattr(model, "inv_freq_long"):
+        model.inv_freq_long.set_value(rope_inv_freq(config.rotary_dim, config.rope_theta, config.rope, long=True))
     if hasattr(model, "inv_freq_local"):
         model.inv_freq_local.set_value(rope_inv_freq(config.rotary_dim, config.sliding_rope_theta, config.sliding_rope))
     if hasattr(model, "sliding"):

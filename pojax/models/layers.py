@@ -118,8 +118,13 @@ class SwiGLU(nnx.Module):
             return self.down_proj(h)
 
 
-def rope_inv_freq(head_dim: int, theta: float, rope: dict) -> np.ndarray:
-    """RoPE inverse frequencies [Dh/2] float32, with transformers' "linear" and "llama3" scaling.
+def rope_inv_freq(head_dim: int, theta: float, rope: dict, *, long: bool = False) -> np.ndarray:
+    """RoPE inverse frequencies [Dh/2] float32, with transformers' "linear", "llama3" and
+    "longrope" scaling.
+
+    longrope (Phi-3-*-128k, Phi-4-mini; LongRoPE, Ding et al., arXiv 2402.13753): each frequency
+    divided by its ``short_factor`` — or, with ``long``, its ``long_factor``, the table for inputs
+    longer than original_max_position_embeddings.
 
     llama3 (Llama 3.1): wavelengths longer than L/low_freq_factor are divided by ``factor``,
     shorter than L/high_freq_factor kept, and the band between interpolated smoothly, with
@@ -138,15 +143,34 @@ def rope_inv_freq(head_dim: int, theta: float, rope: dict) -> np.ndarray:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old / hi) & (wavelen <= old / lo)
         inv = np.where(medium, smoothed, scaled)
+    elif kind == "longrope":
+        factors = np.asarray(rope["long_factor" if long else "short_factor"], np.float64)
+        if factors.shape != inv.shape:
+            raise ValueError(f"longrope {'long' if long else 'short'}_factor has {factors.size} entries; the rotary "
+                             f"dims need {inv.size}")
+        inv = inv / factors
     return inv.astype(np.float32)
 
 
-def apply_rope(x, positions, inv_freq):
+def longrope_attention_factor(rope: dict, max_position_embeddings: int) -> float:
+    """LongRoPE's scale of cos and sin (transformers' default: sqrt(1 + ln s / ln L0) with
+    s = max_position_embeddings / L0, L0 = original_max_position_embeddings; 1 when s ≤ 1)."""
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+    original = rope["original_max_position_embeddings"]
+    factor = rope.get("factor") or max_position_embeddings / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def apply_rope(x, positions, inv_freq, scale: float = 1.0):
     """Rotate-half RoPE. x: [B, T, N, Dh]; positions: [B, T] int; inv_freq: [R/2] with R ≤ Dh:
-    the first R dims of each head rotate, the rest pass through (partial rotary, Phi-4-mini)."""
+    the first R dims of each head rotate, the rest pass through (partial rotary, Phi-4-mini);
+    ``scale`` multiplies cos and sin (LongRoPE's attention factor)."""
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, R/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
     x32 = x.astype(jnp.float32)
     r = 2 * angles.shape[-1]
     rot, rest = x32[..., :r], x32[..., r:]

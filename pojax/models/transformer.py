@@ -61,14 +61,15 @@ class Attention(nnx.Module):
         self.scale = (c.query_pre_attn_scalar or dh) ** -0.5
         self.impl = c.attention_impl
         self.softcap = c.attn_logit_softcapping
+        self.rope_scale = c.rope_scale
 
     def project(self, x, positions, inv_freq):
         """q [B, T, H, Dh], k and v [B, T, K, Dh], RoPE applied."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = sharding.constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
-        k = sharding.constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+        q = sharding.constrain(apply_rope(q, positions, inv_freq, self.rope_scale), ("batch", "length", "heads", "head_dim"))
+        k = sharding.constrain(apply_rope(k, positions, inv_freq, self.rope_scale), ("batch", "length", "kv_heads", "head_dim"))
         return q, k, sharding.constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
     def __call__(self, x, positions, mask, inv_freq):
@@ -159,11 +160,20 @@ class DecoderStack(nnx.Module):
         self.inv_freq = nnx.Variable(rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope))  # static, not trained
         if c.sliding_rope_theta is not None:  # Gemma 3: sliding layers rotate with their own base
             self.inv_freq_local = nnx.Variable(rope_inv_freq(c.rotary_dim, c.sliding_rope_theta, c.sliding_rope))
+        if c.rope.get("rope_type") == "longrope":  # LongRoPE's table for inputs past the original length
+            self.inv_freq_long = nnx.Variable(rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope, long=True))
 
-    def inv_freqs(self):
-        """[2, Dh/2] RoPE inverse frequencies of full-attention layers, then of sliding layers."""
+    def inv_freqs(self, positions=None):
+        """[2, R/2] RoPE inverse frequencies of full-attention layers, then of sliding layers.
+
+        LongRoPE takes its long table when the largest position + 1 exceeds
+        original_max_position_embeddings (transformers' rule, decided per call from ``positions``)."""
+        glob = self.inv_freq[...]
+        if getattr(self, "inv_freq_long", None) is not None and positions is not None:
+            longer = jnp.max(positions) + 1 > self.config.rope["original_max_position_embeddings"]
+            glob = jnp.where(longer, self.inv_freq_long[...], glob)
         local = getattr(self, "inv_freq_local", None)
-        return jnp.stack([self.inv_freq[...], (self.inv_freq if local is None else local)[...]])
+        return jnp.stack([glob, glob if local is None else local[...]])
 
     def lm_head_weight(self):
         """The LM head as [D, V] (the transposed embedding when tied)."""
@@ -228,7 +238,7 @@ class CausalLM(DecoderStack):
         windowed = full if c.sliding_window is None else whole(make(c.sliding_window))
         masks = (full, windowed)
         x = self.embed(input_ids)
-        inv_freq = self.inv_freqs()
+        inv_freq = self.inv_freqs(positions)
         run = _run_block
         if c.remat != "none":
             run = nnx.remat(_run_block, policy=_REMAT_POLICIES[c.remat])
@@ -265,7 +275,7 @@ class CausalLM(DecoderStack):
         full = attention_mask(q_pos, kv_pos)
         windowed = full if c.sliding_window is None else attention_mask(q_pos, kv_pos, window=c.sliding_window)
         x = self.embed(input_ids)
-        inv_freqs = self.inv_freqs()
+        inv_freqs = self.inv_freqs(q_pos)  # LongRoPE: the new tokens' positions pick the table
         ks, vs = [], []
         blocks = _unstack(self.layers) if c.scan_layers else self.layers
         for i, block in enumerate(blocks):

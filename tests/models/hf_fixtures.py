@@ -32,6 +32,11 @@ VARIANTS = {
     # fused qkv / gate_up in the checkpoint; half of each head rotates; every layer slides over 4 tokens
     "phi3-partial-window": ("phi3", dict(num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, sliding_window=4,
                                          partial_rotary_factor=0.5)),
+    # LongRoPE with a short original length (8): the tests' 11-token rows take the long table
+    "phi3-longrope": ("phi3", dict(num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                   original_max_position_embeddings=8, rope_parameters={
+                                       "rope_type": "longrope", "rope_theta": 10000.0,
+                                       "short_factor": [1.0, 1.3, 1.7, 2.1], "long_factor": [1.5, 2.5, 4.0, 8.0]})),
 }
 
 

@@ -64,15 +64,22 @@ def test_unsupported_rope_type():
         ModelConfig(rope_scaling=(("factor", 2.0), ("rope_type", "yarn")))
 
 
-def test_phi3_longrope_and_other_unimplemented_switches_are_refused_by_name():
-    """LongRoPE (Phi-3-*-128k, Phi-4-mini) is not implemented: refused, never read as plain RoPE;
-    so are a Gemma decoder with bidirectional attention and an MLP activation pojax lacks."""
+def test_unimplemented_switches_are_refused_by_name():
+    """A RoPE type pojax lacks (dynamic NTK) is refused, never read as plain RoPE; so are a Gemma
+    decoder with bidirectional attention, an MLP activation pojax lacks, and LongRoPE factor
+    lists that do not fit the rotary dims."""
     phi3 = dict(model_type="phi3", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                 num_attention_heads=2, num_key_value_heads=2)
-    longrope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
+    with pytest.raises(ValueError, match="unsupported rope_type 'dynamic'"):
+        ModelConfig.from_hf_config(dict(phi3, rope_parameters={"rope_type": "dynamic", "factor": 2.0}))
+    longrope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 3, "long_factor": [2.0] * 3,
                 "original_max_position_embeddings": 4096}
-    with pytest.raises(ValueError, match="unsupported rope_type 'longrope'"):
-        ModelConfig.from_hf_config(dict(phi3, rope_parameters=longrope))
+    from flax import nnx
+
+    from pojax.models import CausalLM
+
+    with pytest.raises(ValueError, match="longrope short_factor has 3 entries; the rotary dims need 4"):
+        CausalLM(ModelConfig.from_hf_config(dict(phi3, rope_parameters=longrope)), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="'use_bidirectional_attention' = True is not supported"):
         ModelConfig.from_hf_config(dict(phi3, model_type="gemma3_text", use_bidirectional_attention=True))
     with pytest.raises(ValueError, match="unsupported hidden_act 'gelu_new'"):

@@ -107,3 +107,13 @@ def test_one_layer_checkpoint_with_scan_layers_loads_and_saves(tmp_path):
     save_pretrained(model, str(tmp_path / "again"))
     again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "again")).eval()
     np.testing.assert_allclose(torch_logits(again, x), torch_logits(ref, x), atol=1e-6, rtol=0)
+
+
+def test_longrope_short_rows_take_the_short_table(tmp_path):
+    """Rows no longer than original_max_position_embeddings use LongRoPE's short factors (the
+    other parity tests' 11-token rows use the long ones), as transformers decides per call."""
+    ref = make_checkpoint("phi3-longrope", tmp_path)
+    x = ids(t=8, seed=5)
+    with jax.default_matmul_precision("highest"):
+        got = np.asarray(from_pretrained(str(tmp_path))(jnp.asarray(x)))
+    np.testing.assert_allclose(got, torch_logits(ref, x), atol=ATOL, rtol=0)
