@@ -1,32 +1,48 @@
-"""SIGKILL at random moments (start-up, restore, training steps, async checkpoint writes) of a
-real ``python -m pojax.main`` run, restarted on the same workdir each time: every restart
+"""SIGKILL of a real ``python -m pojax.main`` run, restarted on the same workdir: every restart
 resumes from the last complete checkpoint, and the finished run's metrics equal an
-uninterrupted run's bit for bit.
+uninterrupted run's.
 
-Bounded in time: N_KILLS lives, each killed at a seeded random delay after its start, drawn
-between the start and a little after the moment the uninterrupted run logged its first step;
-every second life is killed shortly after it has logged a new step, so the run always advances
-and kills land inside training and its checkpoint writes (checkpoint.every_steps=1)."""
+The kill loop: SIGKILL at random moments (start-up, restore, training steps, async checkpoint
+writes), N_KILLS lives restarted on the same workdir, then the finished run's metrics equal the
+uninterrupted run's bit for bit. Bounded in time: each life is killed at a seeded random delay
+after its start, drawn between the start and a little after the moment the uninterrupted run
+logged its first step; every second life is killed shortly after it has logged a new step, so
+the run always advances and kills land inside training and its checkpoint writes
+(checkpoint.every_steps=1).
+
+One kill between checkpoints (checkpoint.every_steps=5): the resumed run restores the step-5
+checkpoint, replays the steps after it and lands on the uninterrupted loss curve.
+
+Both tests compare against one uninterrupted run (the module's fixture): checkpoint.every_steps
+changes when checkpoints are written, not what is trained."""
 import os
 import signal
 import subprocess
 import time
 
 import numpy as np
+import pytest
 
-from tests.train.helpers import ROOT, flags, losses, main_cmd, read_jsonl, run_main
+from tests.train.helpers import ROOT, flags, losses, main_cmd, read_jsonl
 
-N_KILLS = 12  # 20 until the CI budget (40 min on 2 cores) asked for fewer; every kill kind still lands
-STEPS = 30
-RUN = flags(**{"train.sft_steps": 0, "train.max_steps": STEPS, "train.batch_size": 8, "checkpoint.every_steps": 1,
-               "checkpoint.keep": 2, "logging.plots": False, "train.export_final": False, "data.gym.num_eval": 8,
-               "eval.num_samples": 1, "eval.num_examples": 8, "eval.every_steps": 1000})
+N_KILLS = 6  # 20, then 12, until the CI budget (40 min on 2 cores) asked for fewer; every kill kind still lands
+STEPS = 12  # more than N_KILLS lives can log: each is killed within about a step of its first new one
+SETTINGS = {"train.sft_steps": 0, "train.max_steps": STEPS, "train.batch_size": 8, "checkpoint.every_steps": 1,
+            "checkpoint.keep": 2, "logging.plots": False, "train.export_final": False, "data.gym.num_eval": 8,
+            "eval.num_samples": 1, "eval.num_examples": 8, "eval.every_steps": 1000}
+RUN = flags(**SETTINGS)
 
 
 def _env(cache):
     # the persistent compilation cache cuts each restart's compile; cached programs are the same programs
     return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _finish(workdir, run, env):
+    """The same command run to its end (on the module's compilation cache)."""
+    proc = subprocess.run(main_cmd(workdir, *run), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _lines(path):
@@ -37,18 +53,26 @@ def _lines(path):
         return 0
 
 
-def test_twelve_sigkills_then_finish_equals_uninterrupted(tmp_path):
-    clean, killed, cache = tmp_path / "clean", tmp_path / "killed", tmp_path / "jax_cache"
-    env = _env(cache)
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The uninterrupted run: (its workdir, seconds from spawn to its first logged step, the
+    environment with the module's compilation cache, which this run fills)."""
+    tmp = tmp_path_factory.mktemp("kill")
+    workdir, env = tmp / "clean", _env(tmp / "jax_cache")
     t0 = time.time()
-    proc = subprocess.Popen(main_cmd(clean, *RUN), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(main_cmd(workdir, *RUN), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first_step = None
     while proc.poll() is None:
-        if first_step is None and _lines(clean / "metrics.jsonl"):
+        if first_step is None and _lines(workdir / "metrics.jsonl"):
             first_step = time.time() - t0
         time.sleep(0.02)
     assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
-    first_step = first_step or 5.0
+    return workdir, first_step or 5.0, env
+
+
+def test_six_sigkills_then_finish_equals_uninterrupted(tmp_path, clean):
+    clean, first_step, env = clean
+    killed = tmp_path / "killed"
 
     rng = np.random.default_rng(15)
     metrics, kills, moments = killed / "metrics.jsonl", 0, []
@@ -76,9 +100,34 @@ def test_twelve_sigkills_then_finish_equals_uninterrupted(tmp_path):
         kills += 1
         moments.append(_lines(metrics))
     assert max(moments) < STEPS, moments
-    run_main(killed, *RUN)  # the last life runs to the end
+    _finish(killed, RUN, env)  # the last life runs to the end
     print(f"kills survived: {kills}; metrics lines at each kill: {moments}")
     assert [r["step"] for r in read_jsonl(metrics)] == list(range(1, STEPS + 1))
     np.testing.assert_array_equal(losses(killed), losses(clean))
     ckpts = os.listdir(killed / "checkpoints" / "train")
     assert str(STEPS) in ckpts and not [d for d in ckpts if "tmp" in d], ckpts
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, clean):
+    """One kill after step 6 with checkpoints every 5 steps: the rerun of the same command
+    restores step 5, replays the lost steps and finishes on the uninterrupted curve."""
+    clean, _, env = clean
+    killed = tmp_path / "killed"
+    run = flags(**dict(SETTINGS, **{"checkpoint.every_steps": 5}))
+    proc = subprocess.Popen(main_cmd(killed, *run), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if _lines(metrics) >= 6:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_killed = _lines(metrics)
+    assert 6 <= n_killed < STEPS
+    _finish(killed, run, env)  # same command, same workdir: resumes from the latest checkpoint
+    assert [r["step"] for r in read_jsonl(metrics)] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose(losses(killed), losses(clean), rtol=0, atol=1e-6)
+    assert sorted(os.listdir(killed / "checkpoints" / "train"), key=int)[-1] == str(STEPS)

@@ -64,16 +64,19 @@ def sft_workdir(tmp_path_factory):
     ({"reference.mode": "precomputed"}, math.log(2)),
     ({"loss.name": "beta_dpo"}, math.log(2)),  # running margin statistics threaded through the train state
     ({"loss.name": "plackett_luce", "loss.beta": 0.5}, None),  # listwise, on the gym's ranked sets (K = 4)
-    ({"reference.mode": "lora_base", "optimizer.learning_rate": 2e-3}, math.log(2)),
+    # the smallest margin of the set (gold gain 0.071 at 120 steps, 0.062 at 60): it keeps 120; its run
+    # time is mostly compiles, not steps
+    ({"reference.mode": "lora_base", "optimizer.learning_rate": 2e-3, "train.max_steps": 120}, math.log(2)),
 ])
 def test_gold_reward_improves(sft_workdir, tmp_path, overrides, first_loss):
+    # 60 steps: measured gold gains 0.13 to 0.25 and win rates 0.88 to 0.98 (120 steps until the CI budget)
     shutil.copytree(sft_workdir / "checkpoints" / "sft", tmp_path / "checkpoints" / "sft")
     shutil.copy(sft_workdir / "metrics_sft.jsonl", tmp_path / "metrics_sft.jsonl")
-    config = quick_config(**{"train.max_steps": 120, "eval.num_samples": 2, "logging.plots": False,
+    config = quick_config(**{"train.max_steps": 60, "eval.num_samples": 2, "logging.plots": False,
                              "train.export_final": False, **overrides})
     results = run_train(config, str(tmp_path))
     rows = read_jsonl(tmp_path / "metrics.jsonl")
-    assert rows[0]["step"] == 1 and len(rows) == 120  # the SFT stage was restored, not rerun
+    assert rows[0]["step"] == 1 and len(rows) == config.train.max_steps  # the SFT stage was restored, not rerun
     if first_loss is not None:
         np.testing.assert_allclose(rows[0]["loss"], first_loss, atol=1e-5)
     assert results["gold_reward_after"] > results["gold_reward_before"] + 0.05, results
