@@ -143,11 +143,13 @@ def _phi3(vocab):
                                       pad_token_id=0, partial_rotary_factor=0.75))
 
 
-@pytest.mark.parametrize("family", [_gemma3, _olmo2, _phi3], ids=["gemma3_text", "olmo2", "phi3"])
+# Gemma 3 and Phi-3 (fused tensors written back by the export); OLMo 2 (_olmo2) is covered by the
+# parity tests alone: its training path is the same code (CI time)
+@pytest.mark.parametrize("family", [_gemma3, _phi3], ids=["gemma3_text", "phi3"])
 def test_dpo_two_steps_on_a_tiny_model_of_each_newer_family(tmp_path, family):
     """configs/dpo.py on a random Gemma 3 text decoder (q/k norms, local and global RoPE bases,
-    sandwich norms), a random OLMo 2 (post-norm blocks, q/k norms over all heads) and a random
-    Phi-3 (fused qkv / gate_up tensors, partial rotary), saved by transformers: starts at log 2, exports the family's transformers class with pojax's logits."""
+    sandwich norms) and a random Phi-3 (fused qkv / gate_up tensors, partial rotary), saved by
+    transformers: starts at log 2, exports the family's transformers class with pojax's logits."""
     from transformers import AutoTokenizer
 
     from pojax.models import from_pretrained
