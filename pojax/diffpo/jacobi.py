@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from pojax.likelihood.autoregressive import chunked_map
+from pojax.likelihood.autoregressive import chunked_map, head_logits, soft_cap_of
 
 
 @struct.dataclass
@@ -103,13 +103,10 @@ def next_tokens(model, ids_BT, *, key=None, temperature=1.0, chunk_size: int = 1
     b, t, _ = h_BTD.shape
     pos_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     inv_t = None if key is None else 1.0 / jnp.asarray(temperature, jnp.float32)
-    cap = getattr(model, "logit_soft_cap", None)  # Gemma 2's final-logit cap (it changes sampled updates)
+    cap = soft_cap_of(model)  # Gemma 2's final-logit cap (it changes sampled updates)
 
     def chunk(h_BCD, pos_BC):
-        logits_BCV = jnp.einsum("bcd,dv->bcv", h_BCD, w_DV, preferred_element_type=jnp.float32)
-        if cap is not None:
-            logits_BCV = cap * jnp.tanh(logits_BCV / cap)
-        return _pick(logits_BCV, pos_BC, key, inv_t)
+        return _pick(head_logits(h_BCD, w_DV, cap), pos_BC, key, inv_t)
 
     return chunked_map(chunk, (h_BTD, pos_BT), chunk_size)
 

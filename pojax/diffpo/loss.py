@@ -32,7 +32,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pojax.likelihood.autoregressive import chunked_map, shift_targets, token_logps_from_hidden
+from pojax.likelihood.autoregressive import (chunked_map, head_logits, shift_targets, soft_cap_of,
+                                             token_logps_from_hidden)
 
 DIVERGENCES = ("kl", "soft_ce")
 
@@ -42,11 +43,8 @@ def _chunk_divergence(h_target_BCD, h_state_BCD, w_DV, *, kind: str, logit_soft_
     stop-gradient (its hidden states *and* its view of the shared head)."""
     w_target = jax.lax.stop_gradient(w_DV)
     h_target = jax.lax.stop_gradient(h_target_BCD)
-    z_t = jnp.einsum("bcd,dv->bcv", h_target, w_target, preferred_element_type=jnp.float32)
-    z_s = jnp.einsum("bcd,dv->bcv", h_state_BCD, w_DV, preferred_element_type=jnp.float32)
-    if logit_soft_cap is not None:
-        z_t = logit_soft_cap * jnp.tanh(z_t / logit_soft_cap)
-        z_s = logit_soft_cap * jnp.tanh(z_s / logit_soft_cap)
+    z_t = head_logits(h_target, w_target, logit_soft_cap)
+    z_s = head_logits(h_state_BCD, w_DV, logit_soft_cap)
     # log-softmax via logsumexp: exact where probabilities underflow.
     logp_t = z_t - jax.nn.logsumexp(z_t, axis=-1, keepdims=True)
     logq_s = z_s - jax.nn.logsumexp(z_s, axis=-1, keepdims=True)
@@ -142,4 +140,4 @@ def diffpo_model_loss(model, target_ids_BT, state_ids_BT, response_mask_BT, *, o
     h_state = model.hidden_states(state_ids_BT)
     w_DV = model.lm_head_weight().astype(h_state.dtype)
     return diffpo_loss(h_target, h_state, w_DV, target_ids_BT, response_mask_BT, omega=omega, kind=kind,
-                       chunk_size=chunk_size, logit_soft_cap=getattr(model, "logit_soft_cap", None))
+                       chunk_size=chunk_size, logit_soft_cap=soft_cap_of(model))

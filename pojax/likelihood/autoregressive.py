@@ -30,6 +30,18 @@ import jax.numpy as jnp
 DEFAULT_VOCAB_CHUNK = 8192
 
 
+def soft_cap(z, cap: float | None):
+    """cap · tanh(z / cap), Gemma 2's logit soft cap; z as it is when cap is None."""
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def head_logits(h_BCD, w_DV, logit_soft_cap: float | None = None):
+    """Logits [B, C, V] float32 of hidden states [B, C, D] under a head [D, V]: bf16 in, fp32
+    out (the products accumulate in fp32 and the logits are never rounded), soft-capped when
+    ``logit_soft_cap`` is set, as the model's own logits are."""
+    return soft_cap(jnp.einsum("bcd,dv->bcv", h_BCD, w_DV, preferred_element_type=jnp.float32), logit_soft_cap)
+
+
 def _tile(h_BCD, w_DV, i, *, vt: int, logit_soft_cap):
     """Logits of vocabulary tile i: ([B, C, vt] fp32, column ids [vt], fresh [vt] bool).
 
@@ -39,11 +51,7 @@ def _tile(h_BCD, w_DV, i, *, vt: int, logit_soft_cap):
     v = w_DV.shape[1]
     start = jnp.minimum(i * vt, v - vt)
     w_DT = jax.lax.dynamic_slice_in_dim(w_DV, start, vt, axis=1)
-    # bf16 in, fp32 out: the products accumulate in fp32 and the logits are never rounded.
-    z_BCT = jnp.einsum("bcd,dv->bcv", h_BCD, w_DT, preferred_element_type=jnp.float32)
-    if logit_soft_cap is not None:
-        # Gemma-2 style cap, applied before the softmax exactly as in the model's own logits.
-        z_BCT = logit_soft_cap * jnp.tanh(z_BCT / logit_soft_cap)
+    z_BCT = head_logits(h_BCD, w_DT, logit_soft_cap)
     cols_T = start + jnp.arange(vt)
     return z_BCT, start, cols_T, cols_T >= i * vt
 

@@ -17,21 +17,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pojax.likelihood.autoregressive import chunked_map
-
-
-def _logits(h_BCD, w_DV, logit_soft_cap):
-    # bf16 in, fp32 out: the softmax below runs on unrounded fp32 logits.
-    z_BCV = jnp.einsum("bcd,dv->bcv", h_BCD, w_DV, preferred_element_type=jnp.float32)
-    if logit_soft_cap is not None:
-        z_BCV = logit_soft_cap * jnp.tanh(z_BCV / logit_soft_cap)
-    return z_BCV
+from pojax.likelihood.autoregressive import chunked_map, head_logits
 
 
 def _chunk_kl(h_BCD, w_DV, r_BCD, wr_DV, logit_soft_cap):
     """[B, C] float32 KL(q ‖ p) of one sequence chunk."""
-    log_p = jax.nn.log_softmax(_logits(h_BCD, w_DV, logit_soft_cap), axis=-1)
-    log_q = jax.nn.log_softmax(_logits(r_BCD, wr_DV, logit_soft_cap), axis=-1)
+    log_p = jax.nn.log_softmax(head_logits(h_BCD, w_DV, logit_soft_cap), axis=-1)
+    log_q = jax.nn.log_softmax(head_logits(r_BCD, wr_DV, logit_soft_cap), axis=-1)
     # q·(log q − log p) with q = exp(log q): a zero-probability column contributes exactly 0.
     return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
 

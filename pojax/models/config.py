@@ -265,11 +265,11 @@ class ModelConfig:
             head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
-            rope_scaling=None if rope == {"rope_type": "default"} else tuple(sorted(rope.items())),
+            rope_scaling=_scaling(rope),
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=True if model_type == "qwen2" else bool(d.get("attention_bias", False)),  # olmo2: o too
-            o_proj_bias=False if model_type == "qwen2" else bool(d.get("attention_bias", False)),
+            attention_bias=True if model_type == "qwen2" else bool(d.get("attention_bias", False)),
+            o_proj_bias=False if model_type == "qwen2" else bool(d.get("attention_bias", False)),  # olmo2's o too
             mlp_bias=bool(d.get("mlp_bias", False)),
             qk_norm=model_type in ("qwen3", "olmo2"),
             qk_norm_heads=model_type == "olmo2",
@@ -285,7 +285,7 @@ class ModelConfig:
             fields.update(qk_norm=True, attn_logit_softcapping=d.get("attn_logit_softcapping"),
                           final_logit_softcapping=d.get("final_logit_softcapping"),
                           sliding_rope_theta=float(local.pop("rope_theta")),
-                          sliding_rope_scaling=None if local == {"rope_type": "default"} else tuple(sorted(local.items())))
+                          sliding_rope_scaling=_scaling(local))
         elif d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {d.get('hidden_act')!r}; pojax's {model_type} uses silu (SwiGLU)")
         fields.update(overrides)
@@ -331,9 +331,7 @@ class ModelConfig:
                      final_logit_softcapping=self.final_logit_softcapping)
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
-        elif self.model_type == "olmo2":
-            d.update(attention_bias=self.attention_bias)
-        elif self.model_type == "qwen3":
+        elif self.model_type in ("qwen3", "olmo2"):
             d.update(attention_bias=self.attention_bias)
         if self.model_type in ("mistral", "phi3"):
             d.update(sliding_window=self.sliding_window)
@@ -361,6 +359,12 @@ class ModelConfig:
                              "use to_hf_dict()")
         d = self.to_hf_dict()
         return AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+def _scaling(rope: dict) -> tuple | None:
+    """ModelConfig's hashable form of rope_parameters without rope_theta: None for plain RoPE,
+    else its sorted (key, value) pairs."""
+    return None if rope == {"rope_type": "default"} else tuple(sorted(rope.items()))
 
 
 def _gemma3_rope(d: dict) -> dict:
