@@ -310,11 +310,9 @@ def lm_eval_tasks(policy, tokenizer, config, workdir: str, mesh) -> dict:
     lm_eval/<task>/<metric>[/<filter>], its whole results dict in workdir/lm_eval_results.json.
     An unknown task is lm-eval's own error, as a ConfigError naming eval.lm_eval_tasks."""
     import json
-
-    from pojax.eval import lm_eval as lm_eval_lib
-
     import math
 
+    from pojax.eval import lm_eval as lm_eval_lib
     from pojax.eval.generation import DiffusionSampling, diffusion_mask_id
 
     e = config.eval
@@ -329,8 +327,7 @@ def lm_eval_tasks(policy, tokenizer, config, workdir: str, mesh) -> dict:
                              chunk_size=config.likelihood.chunk_size, seed=config.train.seed, mc_num=e.lm_eval_mc_num,
                              mc_batch_size=math.gcd(e.lm_eval_mc_num, 32), cfg=sampling.cfg_scale,
                              gen_length=gen_length, steps=sampling.steps, block_length=sampling.block_length,
-                             remasking=sampling.remasking)
-    lm.mesh = mesh
+                             remasking=sampling.remasking, mesh=mesh)
     try:
         results = lm_eval_lib.run_tasks(lm, e.lm_eval_tasks, include_path=e.lm_eval_include_path,
                                         include_defaults=e.lm_eval_include_defaults,

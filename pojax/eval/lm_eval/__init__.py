@@ -44,9 +44,9 @@ Chat templates: lm-eval's ``--apply_chat_template`` renders through the tokenize
 Model arguments (``--model_args k=v,...``): path, dtype (float32 | bfloat16 | float16),
 batch_size, max_length (default: config.json's max_position_embeddings), max_gen_toks (256),
 add_bos_token, prefix_token_id, mesh (data x fsdp x tensor sizes, e.g. ``1x8x1``; -1 = the
-rest; default: one device), chunk_size, seed; LLaDA: mc_num (128), mc_batch_size (32), cfg,
-check_greedy, gen_length, steps, block_length, remasking. ``device`` is accepted and ignored
-(JAX places the arrays).
+rest; from Python also a jax Mesh; default: one device), chunk_size, seed; LLaDA: mc_num (128),
+mc_batch_size (32), cfg, check_greedy, gen_length, steps, block_length, remasking. ``device`` is
+accepted and ignored (JAX places the arrays).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ except ImportError as err:  # pragma: no cover - the message is the point
 
 from pojax import sharding
 from pojax.eval.generation import DiffusionSampling, bucket, diffusion_mask_id, generate_ids
-from pojax.likelihood.autoregressive import from_chunks, to_chunks, token_logps_from_hidden
+from pojax.likelihood.autoregressive import from_chunks, head_logits, to_chunks, token_logps_from_hidden
 from pojax.likelihood.diffusion import elbo
 from pojax.sampling import diffusion as diffusion_sampler
 
@@ -105,7 +105,7 @@ def continuation_scores(model, ids_BW, index_BK, targets_BK, valid_BK, *, chunk_
     logps_BK = token_logps_from_hidden(h_BKD, w_DV, targets_BK, chunk_size=chunk_size)
 
     def argmax(h_BCD):
-        return jnp.argmax(jnp.einsum("bcd,dv->bcv", h_BCD, w_DV, preferred_element_type=jnp.float32), -1)
+        return jnp.argmax(head_logits(h_BCD, w_DV), -1)
 
     greedy_BK = from_chunks(jax.lax.map(argmax, to_chunks(h_BKD, chunk_size)), h_BKD.shape[1])
     total = jnp.sum(jnp.where(valid_BK, logps_BK, 0.0), axis=-1)
@@ -218,7 +218,7 @@ def diffusion_greedy(model, context: list[int], continuation: list[int], *, mask
 
 def parse_mesh(spec) -> tuple[int, int, int] | None:
     """"DxFxT" (data, fsdp, tensor sizes; one may be -1) → a tuple; "" / None → None."""
-    if spec in (None, "", "none"):
+    if spec is None or spec in ("", "none"):
         return None
     parts = str(spec).lower().split("x")
     try:
@@ -251,8 +251,11 @@ class PojaxLM(TemplateLM):
             raise ValueError("PojaxLM needs path=<Hugging Face checkpoint dir> (or model= and tokenizer=)")
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}: one of {', '.join(DTYPES)}")
-        sizes = parse_mesh(mesh)
-        self.mesh = None if sizes is None else sharding.make_mesh(*sizes)
+        if isinstance(mesh, jax.sharding.Mesh):  # a run's own mesh (task=eval)
+            self.mesh = mesh
+        else:
+            sizes = parse_mesh(mesh)
+            self.mesh = None if sizes is None else sharding.make_mesh(*sizes)
         if model is None:
             from pojax.models import from_pretrained
 
