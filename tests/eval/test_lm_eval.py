@@ -256,6 +256,28 @@ def test_python_api_generations_and_greedy_flags_match_hf(llama3_dir):
     assert {g for _, g in a} == {True, False}
 
 
+def test_soft_capped_model_scores_with_its_cap(tmp_path):
+    """Gemma 2's final-logit cap is part of its log-likelihoods: continuation_scores equals the
+    log-softmax of transformers' (capped) logits summed over the continuation."""
+    import jax.numpy as jnp
+
+    from pojax.eval.lm_eval import causal_batch, continuation_scores
+    from pojax.models import from_pretrained
+    from tests.models.hf_fixtures import VOCAB, make_checkpoint, torch_logits
+
+    ref = make_checkpoint("gemma2-capped", tmp_path)
+    pairs = [([1, 5, 9, 2], [7, 3]), ([4, 4, 8], [11, 12, 13])]
+    ids, index, targets, valid = causal_batch(pairs, 32)
+    total, _ = continuation_scores(from_pretrained(str(tmp_path)), *map(jnp.asarray, (ids, index, targets, valid)))
+    for (ctx, cont), got in zip(pairs, np.asarray(total)):
+        z = torch_logits(ref, np.asarray([ctx + cont])).astype(np.float64)[0]
+        lp = z - z.max(-1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+        want = sum(lp[len(ctx) - 1 + j, t] for j, t in enumerate(cont))
+        assert got == pytest.approx(want, abs=1e-4)
+    assert max(max(c) for _, c in pairs) < VOCAB
+
+
 def test_rolling_windows_span_several_contexts(llama3_dir):
     """The WikiText pages are longer than max_length: the parity above covers the window logic."""
     from transformers import AutoTokenizer

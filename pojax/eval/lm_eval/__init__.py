@@ -73,7 +73,7 @@ except ImportError as err:  # pragma: no cover - the message is the point
 
 from pojax import sharding
 from pojax.eval.generation import DiffusionSampling, bucket, diffusion_mask_id, generate_ids
-from pojax.likelihood.autoregressive import from_chunks, head_logits, to_chunks, token_logps_from_hidden
+from pojax.likelihood.autoregressive import from_chunks, head_logits, soft_cap_of, to_chunks, token_logps_from_hidden
 from pojax.likelihood.diffusion import elbo
 from pojax.sampling import diffusion as diffusion_sampler
 
@@ -102,10 +102,11 @@ def continuation_scores(model, ids_BW, index_BK, targets_BK, valid_BK, *, chunk_
     hidden_BWD = model.hidden_states(ids_BW)
     h_BKD = jnp.take_along_axis(hidden_BWD, index_BK[..., None], axis=1)
     w_DV = model.lm_head_weight().astype(h_BKD.dtype)
-    logps_BK = token_logps_from_hidden(h_BKD, w_DV, targets_BK, chunk_size=chunk_size)
+    cap = soft_cap_of(model)  # Gemma 2's final-logit cap, as the model's own log-probs
+    logps_BK = token_logps_from_hidden(h_BKD, w_DV, targets_BK, chunk_size=chunk_size, logit_soft_cap=cap)
 
     def argmax(h_BCD):
-        return jnp.argmax(head_logits(h_BCD, w_DV), -1)
+        return jnp.argmax(head_logits(h_BCD, w_DV, cap), -1)
 
     greedy_BK = from_chunks(jax.lax.map(argmax, to_chunks(h_BKD, chunk_size)), h_BKD.shape[1])
     total = jnp.sum(jnp.where(valid_BK, logps_BK, 0.0), axis=-1)
