@@ -338,7 +338,7 @@ class PojaxLM(TemplateLM):
         from tqdm import tqdm
 
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
-        for (text, ctx, cont) in zip((r[0] for r in requests), (p[0] for p in pairs), (p[1] for p in pairs)):
+        for text, ctx, cont in requests:
             if not ctx or not cont:
                 raise ValueError(f"lm-eval request {text!r}: the context and the continuation need a token each")
         out: list = [None] * len(pairs)
