@@ -75,6 +75,9 @@ def recipe(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+RANDOM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "llada", "dream")  # model.family of a random model (no model.path)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The defaults every recipe starts from (a tiny random Llama on the gold-reward gym)."""
     c = ml_collections.ConfigDict()
@@ -82,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.path = ""  # Hugging Face checkpoint dir; "" = random model from the sizes below
-    c.model.family = "llama"  # llama | mistral | qwen2 | qwen3 | llada (used when path == "")
+    c.model.family = "llama"  # llama | mistral | qwen2 | qwen3 | llada | dream: a random model when path == "" (every other family from a checkpoint)
     c.model.vocab_size = 256  # tokens
     c.model.hidden_size = 64  # D
     c.model.num_layers = 2
@@ -92,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # float32 | bfloat16: compute dtype (trained parameters stay float32)
     c.model.scan_layers = False  # stack the layers under nnx.scan (compile time independent of depth)
     c.model.remat = "none"  # per-layer rematerialization: none | full | dots (pojax.models.config.REMAT_POLICIES)
+    # TRL's router_aux_loss_coef: weight of a mixture-of-experts policy's load-balancing loss;
+    # unset = the checkpoint's config.json value, 0 = off
+    c.model.router_aux_loss_coef = config_dict.placeholder(float)
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # file or dir in its upstream layout; "" for the built-in gym
@@ -170,6 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # devices on the data axis; -1 = the rest
     c.mesh.fsdp = 1  # devices on the fsdp axis
     c.mesh.tensor = 1  # devices on the tensor axis
+    c.mesh.expert = 1  # devices on the expert axis (mixture-of-experts models: experts split over it)
     # logical axis -> mesh axes overriding pojax.sharding.DEFAULT_RULES, as a comma-separated
     # string ("fsdp", "data,fsdp", "" = replicated), e.g. --config.mesh.rules.embed=""
     c.mesh.rules = ml_collections.ConfigDict()
@@ -346,9 +353,9 @@ def _validate_fed_losses(config) -> None:
 def _validate_diffusion(config) -> None:
     """What diffusion ELBOs cannot serve: per-token terms, listwise batches, packing."""
     name = config.loss.name
-    if not config.model.path and config.model.family != "llada":
+    if not config.model.path and config.model.family not in ("llada", "dream"):
         raise ConfigError("model.family", f"{config.model.family!r}: likelihood.kind='diffusion' needs a masked-diffusion "
-                          "model (model.family=llada, or a llada checkpoint in model.path)")
+                          "model (model.family=llada or dream, or a llada / Dream checkpoint in model.path)")
     for key in ("ld_alpha", "use_weighting"):
         if config.loss.get(key) not in (None, False):
             raise ConfigError(f"loss.{key}", "needs per-token log-probs, which a diffusion ELBO does not give")
@@ -433,7 +440,7 @@ def _validate_online(config) -> None:
     if config.data.format != "gym":
         raise ConfigError("data.format", f"{config.data.format!r}: online mode {name!r} samples prompts and labels "
                           "them with online.reward, which needs data.format='gym' for now")
-    if config.likelihood.kind != "autoregressive" or config.model.family == "llada":
+    if config.likelihood.kind != "autoregressive" or config.model.family in ("llada", "dream"):
         raise ConfigError("likelihood.kind", f"online mode {name!r} samples with the KV cache: it needs an "
                           "autoregressive model and likelihood.kind='autoregressive'")
     if config.reference.mode != "copy":
@@ -486,6 +493,8 @@ def _validate_ofs(config) -> None:
 def validate(config) -> None:
     """Raises ConfigError for the first bad key of a run config."""
     _one_of(config, "task", TASKS)
+    if not config.model.path:
+        _one_of(config, "model.family", RANDOM_FAMILIES)
     _one_of(config, "data.format", DATA_FORMATS)
     _one_of(config, "data.truncation_mode", TRUNCATION_MODES)
     if config.data.format == "sft" and config.task in ("train", "eval"):
@@ -531,11 +540,14 @@ def validate(config) -> None:
     if not isinstance(vocab_chunk, int) or vocab_chunk < 0:
         raise ConfigError("likelihood.vocab_chunk_size", f"must be an integer >= 0 (0 = one tile of the whole vocabulary), "
                           f"got {vocab_chunk!r}")
-    for axis in ("data", "fsdp", "tensor"):
+    coef = config.model.get("router_aux_loss_coef")
+    if coef is not None and not coef >= 0:
+        raise ConfigError("model.router_aux_loss_coef", f"must be >= 0 (0 = no load-balancing loss), got {coef!r}")
+    for axis in ("data", "fsdp", "expert", "tensor"):
         size = config.mesh[axis]
         if not isinstance(size, int) or (size < 1 and size != -1):
             raise ConfigError(f"mesh.{axis}", f"must be a positive integer or -1 (the rest), got {size!r}")
-    if [config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+    if [config.mesh[a] for a in ("data", "fsdp", "expert", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
     _validate_ref_sync(config)

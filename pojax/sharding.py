@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules and sharding helpers.
 
 Model code names array dimensions logically ("batch", "embed", "heads", ...) and never mentions
-mesh axes; one rules table maps logical names to the mesh axes ("data", "fsdp", "tensor"). FSDP
+mesh axes; one rules table maps logical names to the mesh axes ("data", "fsdp", "expert", "tensor"). FSDP
 versus tensor parallelism is a change of rules or mesh sizes, never of model code.
 
 Parameters carry their names as Variable metadata, ``nnx.Param(w, logical_axes=("embed", "mlp"))``
@@ -31,14 +31,15 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "expert", "tensor")
 
 Rule = str | tuple[str, ...] | None
 
 # logical name -> mesh axis, tuple of mesh axes, or None (replicated). A mesh axis shards at most
 # one dimension of an array: where two dimensions map to the same axis, the earlier one keeps it.
 DEFAULT_RULES: Mapping[str, Rule] = types.MappingProxyType({
-    "batch": ("data", "fsdp"),  # examples split over data and fsdp replicas (FSDP is data-parallel)
+    "batch": ("data", "fsdp", "expert"),  # examples split over data, fsdp and expert replicas (both data-parallel
+    # outside the experts' own matmuls)
     "length": None,  # sequence positions stay whole (no sequence parallelism)
     "kv_length": None,  # KV-cache slots
     "embed": "fsdp",  # FSDP: parameters split along the model dim D (activations: batch has fsdp)
@@ -48,6 +49,7 @@ DEFAULT_RULES: Mapping[str, Rule] = types.MappingProxyType({
     "head_dim": None,  # Dh stays whole: RoPE and the attention dot product need all of it
     "vocab": "tensor",  # embedding table and LM head split over V
     "layers": None,  # the stacked axis of nnx.scan layers (no pipeline parallelism)
+    "expert": "expert",  # the experts of a mixture-of-experts layer (expert parallelism)
 })
 
 # (mesh, rules) of the innermost use_mesh block; a ContextVar so threads do not share it.
@@ -55,8 +57,9 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Mapping[str, Rule]] | None] = contex
     "pojax_sharding_active", default=None)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
-    """A ("data", "fsdp", "tensor") mesh over ``devices`` (default: all of them).
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None, *,
+              expert: int = 1) -> Mesh:
+    """A ("data", "fsdp", "expert", "tensor") mesh over ``devices`` (default: all of them).
 
     One size may be -1, "the rest of the devices". Device order comes from ``jax.make_mesh``
     (topology-aware on TPU); axis types are Auto, so XLA's partitioner fills in what
@@ -67,7 +70,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence 
         or -1, more than one is -1, or the sizes do not multiply to the device count.
     """
     devices = list(jax.devices() if devices is None else devices)
-    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    sizes = {"data": data, "fsdp": fsdp, "expert": expert, "tensor": tensor}
     for axis, size in sizes.items():
         if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
             raise ValueError(f"mesh.{axis} must be a positive integer or -1 (the rest), got {size!r}")
@@ -80,8 +83,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence 
         if len(devices) % known:
             set_axes = [a for a in others if sizes[a] > 1]
             culprit = next((a for a in set_axes if len(devices) % sizes[a]), set_axes[0])
+            product = " × ".join(f"mesh.{a}" for a in others)
             raise ValueError(f"mesh.{culprit}={sizes[culprit]}: {len(devices)} device(s) do not divide by "
-                             f"mesh.{others[0]} × mesh.{others[1]} = {known} (mesh.{rest[0]}=-1 takes the rest)")
+                             f"{product} = {known} (mesh.{rest[0]}=-1 takes the rest)")
         sizes[rest[0]] = len(devices) // known
     total = math.prod(sizes.values())
     if total != len(devices):
@@ -93,8 +97,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence 
 
 
 def mesh_from_config(config) -> Mesh:
-    """The mesh of a run config's ``mesh.{data, fsdp, tensor}`` sizes."""
-    return make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    """The mesh of a run config's ``mesh.{data, fsdp, expert, tensor}`` sizes."""
+    return make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, expert=config.mesh.get("expert", 1))
 
 
 def _rule_axes(rule: Rule) -> tuple[str, ...]:
@@ -110,7 +114,7 @@ def merge_rules(overrides: Mapping[str, Rule] | None = None, base: Mapping[str, 
     splits the MLP over both axes.
 
     Raises:
-      ValueError: when an override names something other than ("data", "fsdp", "tensor").
+      ValueError: when an override names something other than a mesh axis (AXES).
     """
     overrides = dict(overrides or {})
     for name, rule in overrides.items():
@@ -160,7 +164,8 @@ def logical_to_pspec(logical_axes: Sequence[str | None], rules: Mapping[str, Rul
     Args:
       logical_axes: a logical name (a key of ``rules``) or None per dimension.
       rules: logical name -> mesh axis / tuple of mesh axes / None (None: DEFAULT_RULES).
-      mesh: when given, checks the rules' axes exist and drops size-1 axes.
+      mesh: when given, checks the rules' axes exist and drops size-1 axes (and pojax axes the
+        mesh lacks, e.g. "expert" of a ("data", "fsdp", "tensor") mesh built by hand).
       shape: the array's shape, for the divisibility fallback (needs ``mesh``).
 
     Raises:
@@ -179,6 +184,8 @@ def logical_to_pspec(logical_axes: Sequence[str | None], rules: Mapping[str, Rul
         axes = []
         for axis in _rule_axes(rules.get(name)) if name is not None else ():
             if mesh is not None and axis not in mesh.shape:
+                if axis in AXES:  # a mesh built without pojax's expert axis: size 1
+                    continue
                 raise ValueError(f"logical axis {name!r} maps to mesh axis {axis!r}, which the mesh "
                                  f"({', '.join(mesh.axis_names)}) lacks")
             if axis not in used and axis not in axes and (mesh is None or mesh.shape[axis] > 1):

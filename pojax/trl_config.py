@@ -94,7 +94,8 @@ MAPPED = {
     "eval_strategy": "eval.num_examples", "eval_steps": "eval.every_steps", "save_steps": "checkpoint.every_steps",
     "save_total_limit": "checkpoint.keep", "metric_for_best_model": "checkpoint.best_metric",
     "greater_is_better": "checkpoint.best_mode", "bf16": "model.dtype", "fp16": "model.dtype", "dtype": "model.dtype",
-    "gradient_checkpointing": "model.remat", "max_length": "data.max_length", "truncation_mode": "data.truncation_mode",
+    "gradient_checkpointing": "model.remat", "router_aux_loss_coef": "model.router_aux_loss_coef",
+    "max_length": "data.max_length", "truncation_mode": "data.truncation_mode",
 "padding_free": "data.packing",
     "precompute_ref_log_probs": "reference.mode", "sync_ref_model": "reference.sync_ref_model",
     "ref_model_mixup_alpha": "reference.ref_model_mixup_alpha", "ref_model_sync_steps": "reference.ref_model_sync_steps",
@@ -159,7 +160,6 @@ NO_EFFECT.update({
     "resume_from_checkpoint": ((None,), "pojax resumes from the latest checkpoint of the workdir by itself"),
     "model_init_kwargs": ((None,), "pojax loads model_name_or_path itself (model.dtype: the compute dtype)"),
     "lr_scheduler_kwargs": ((None,), "pojax's schedules (optimizer.schedule) take no extra arguments"),
-    "router_aux_loss_coef": ((None,), "pojax's model families have no mixture-of-experts router"),
     "dataset_config": ((None,), "pojax reads a local file or directory (data.path)"),
     "load_best_model_at_end": ((False,), "pojax exports the last step to workdir/final; the best parameters "
                                          "(checkpoint.best_metric) export with task=export, export.checkpoint=best"),
@@ -327,6 +327,8 @@ def to_config(raw: dict, *, source: str = "<yaml>") -> ml_collections.ConfigDict
         _fail(source, "dtype", f"{v['dtype']!r}: pojax's compute dtypes are bfloat16 and float32")
     c.model.dtype = "bfloat16" if v["bf16"] or v["dtype"] == "bfloat16" else "float32"  # parameters stay float32
     c.model.remat = "full" if v["gradient_checkpointing"] else "none"
+    if v.get("router_aux_loss_coef") is not None:  # else the checkpoint's own coefficient (TRL's None)
+        c.model.router_aux_loss_coef = float(v["router_aux_loss_coef"])
 
     c.data.path = _data_path(v, source)
     c.data.format = {"kto": "unpaired", "sft": "sft"}.get(trainer, "paired")

@@ -20,31 +20,33 @@ def mesh222():
 # ---------------------------------------------------------------------------------------- mesh
 
 @pytest.mark.parametrize(("sizes", "want"), [
-    ({}, (8, 1, 1)),
-    ({"data": -1, "fsdp": 2, "tensor": 2}, (2, 2, 2)),
-    ({"data": 2, "fsdp": -1, "tensor": 1}, (2, 4, 1)),
-    ({"data": 1, "fsdp": 2, "tensor": -1}, (1, 2, 4)),
-    ({"data": 2, "fsdp": 2, "tensor": 2}, (2, 2, 2)),
+    ({}, (8, 1, 1, 1)),
+    ({"data": -1, "fsdp": 2, "tensor": 2}, (2, 2, 1, 2)),
+    ({"data": 2, "fsdp": -1, "tensor": 1}, (2, 4, 1, 1)),
+    ({"data": 1, "fsdp": 2, "tensor": -1}, (1, 2, 1, 4)),
+    ({"data": 2, "fsdp": 2, "tensor": 2}, (2, 2, 1, 2)),
+    ({"data": 2, "expert": 2, "tensor": 2}, (2, 1, 2, 2)),
+    ({"data": 2, "expert": -1}, (2, 1, 4, 1)),
 ])
 def test_make_mesh_sizes(sizes, want):
     mesh = sharding.make_mesh(**sizes)
-    assert mesh.axis_names == ("data", "fsdp", "tensor")
+    assert mesh.axis_names == ("data", "fsdp", "expert", "tensor")
     assert tuple(mesh.shape.values()) == want
-    assert mesh.axis_types == (AxisType.Auto,) * 3
+    assert mesh.axis_types == (AxisType.Auto,) * 4
 
 
 def test_make_mesh_on_some_devices():
     mesh = sharding.make_mesh(data=-1, tensor=2, devices=jax.devices()[:4])
-    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "expert": 1, "tensor": 2}
     assert set(mesh.devices.flat) == set(jax.devices()[:4])
 
 
 @pytest.mark.parametrize(("sizes", "message"), [
     ({"data": -1, "fsdp": -1}, r"mesh.data and mesh.fsdp are both -1; at most one axis may be -1"),
-    ({"data": 3, "fsdp": 1, "tensor": 1}, r"^mesh.data=3: mesh.data=3 × mesh.fsdp=1 × mesh.tensor=1 = 3, but there are 8 devices"),
+    ({"data": 3, "fsdp": 1, "tensor": 1}, r"^mesh.data=3: mesh.data=3 × mesh.fsdp=1 × mesh.expert=1 × mesh.tensor=1 = 3, but there are 8 devices"),
     ({"data": 2, "fsdp": 2, "tensor": 4}, r"^mesh.tensor=4: .*= 16, but there are 8 devices"),
     # the key the user set is named first, not the axis that takes the rest
-    ({"data": -1, "fsdp": 3}, r"^mesh.fsdp=3: 8 device\(s\) do not divide by mesh.fsdp × mesh.tensor = 3 \(mesh.data=-1 takes"),
+    ({"data": -1, "fsdp": 3}, r"^mesh.fsdp=3: 8 device\(s\) do not divide by mesh.fsdp × mesh.expert × mesh.tensor = 3 \(mesh.data=-1 takes"),
     ({"data": -1, "fsdp": 2, "tensor": 3}, r"^mesh.tensor=3: 8 device"),
     ({"data": 0}, r"mesh.data must be a positive integer or -1 \(the rest\), got 0"),
     ({"tensor": -2}, r"mesh.tensor must be a positive integer or -1 \(the rest\), got -2"),
@@ -57,9 +59,11 @@ def test_make_mesh_errors(sizes, message):
 
 def test_mesh_from_config():
     config = pojax_config.base_config()
-    assert dict(sharding.mesh_from_config(config).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert dict(sharding.mesh_from_config(config).shape) == {"data": 8, "fsdp": 1, "expert": 1, "tensor": 1}
     config.mesh.fsdp, config.mesh.tensor = 2, 2
-    assert dict(sharding.mesh_from_config(config).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert dict(sharding.mesh_from_config(config).shape) == {"data": 2, "fsdp": 2, "expert": 1, "tensor": 2}
+    config.mesh.fsdp, config.mesh.expert = 1, 2
+    assert dict(sharding.mesh_from_config(config).shape) == {"data": 2, "fsdp": 1, "expert": 2, "tensor": 2}
 
 
 # --------------------------------------------------------------------------------------- rules
@@ -90,7 +94,7 @@ def test_rules_from_config():
     rules = sharding.rules_from_config(config)
     assert rules["embed"] is None and rules["heads"] == ("fsdp", "tensor")
     config.mesh.rules = {"embed": "model"}
-    with pytest.raises(ValueError, match=r"config key mesh.rules.embed: 'model' is not a mesh axis \(data, fsdp, tensor\)"):
+    with pytest.raises(ValueError, match=r"config key mesh.rules.embed: 'model' is not a mesh axis \(data, fsdp, expert, tensor\)"):
         sharding.rules_from_config(config)
     config = pojax_config.base_config()
     config.mesh.rules.hidden = "fsdp"
@@ -108,14 +112,16 @@ def test_rules_from_config():
     (("layers", "embed", "mlp"), P(None, "fsdp", "tensor")),
     (("embed",), P("fsdp")),
     (("embed", None), P("fsdp", None)),
-    # activations: batch takes data and fsdp, so a later embed is replicated
-    (("batch", "length", "embed"), P(("data", "fsdp"), None, None)),
-    (("batch", "length", "heads", "head_dim"), P(("data", "fsdp"), None, "tensor", None)),
-    (("batch", "kv_length", "kv_heads", "head_dim"), P(("data", "fsdp"), None, "tensor", None)),
-    (("batch", "length", "vocab"), P(("data", "fsdp"), None, "tensor")),
+    # mixture-of-experts weights: experts over the expert axis
+    (("expert", "embed", "mlp"), P("expert", "fsdp", "tensor")),
+    # activations: batch takes data, fsdp and expert, so a later embed is replicated
+    (("batch", "length", "embed"), P(("data", "fsdp", "expert"), None, None)),
+    (("batch", "length", "heads", "head_dim"), P(("data", "fsdp", "expert"), None, "tensor", None)),
+    (("batch", "kv_length", "kv_heads", "head_dim"), P(("data", "fsdp", "expert"), None, "tensor", None)),
+    (("batch", "length", "vocab"), P(("data", "fsdp", "expert"), None, "tensor")),
     # a mesh axis is used once per array: the later dim loses it (and keeps the rest of a tuple)
     (("mlp", "heads"), P("tensor", None)),
-    (("embed", "batch"), P("fsdp", "data")),
+    (("embed", "batch"), P("fsdp", ("data", "expert"))),
     ((), P()),
 ])
 def test_logical_to_pspec_table(axes, want):
@@ -155,7 +161,7 @@ def test_logical_to_pspec_errors(mesh222):
         sharding.logical_to_pspec(("embd", "mlp"))
     with pytest.raises(ValueError, match=r"logical axes \('embed', 'mlp'\) name 2 dims, but the shape is \(4,\)"):
         sharding.logical_to_pspec(("embed", "mlp"), mesh=mesh222, shape=(4,))
-    with pytest.raises(ValueError, match=r"logical axis 'embed' maps to mesh axis 'pipe', which the mesh \(data, fsdp, tensor\) lacks"):
+    with pytest.raises(ValueError, match=r"logical axis 'embed' maps to mesh axis 'pipe', which the mesh \(data, fsdp, expert, tensor\) lacks"):
         sharding.logical_to_pspec(("embed",), {"embed": "pipe"}, mesh=mesh222)
 
 

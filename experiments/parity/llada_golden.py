@@ -52,6 +52,8 @@ from unittest import mock
 
 import numpy as np
 
+from experiments.parity.common import files_sha256, randomize_
+
 FILES = ("modeling_llada.py", "configuration_llada.py")
 
 # The tiny model: LLaDA-8B's architecture switches, shrunk (GQA, embedding_size > vocab_size,
@@ -126,11 +128,7 @@ def load_reference(reference_dir: str):
 
 
 def reference_sha256(reference_dir: str) -> str:
-    h = hashlib.sha256()
-    for f in FILES:
-        with open(os.path.join(reference_dir, f), "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()
+    return files_sha256(reference_dir, FILES)
 
 
 def make_reference(ref, config: dict, seed: int = SEED):
@@ -139,16 +137,7 @@ def make_reference(ref, config: dict, seed: int = SEED):
     import torch
 
     torch.manual_seed(seed)
-    model = ref.LLaDAModelLM(ref.LLaDAConfig(**config), init_params=False).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.2 * torch.randn_like(p))
-    return model
+    return randomize_(ref.LLaDAModelLM(ref.LLaDAConfig(**config), init_params=False).float().eval())
 
 
 def reference_logits(model, input_ids: np.ndarray) -> np.ndarray:

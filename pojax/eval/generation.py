@@ -2,7 +2,7 @@
 template, in fixed-shape batches so that few programs compile.
 
 The sampler follows the model: a causal LM decodes with the KV-cache sampler
-(pojax.sampling.autoregressive); a masked-diffusion LM (LLaDA: ``config.model_type == "llada"``)
+(pojax.sampling.autoregressive); a masked-diffusion LM (LLaDA, Dream: ``config.model_type`` "llada" / "dream")
 runs LLaDA's reverse process (pojax.sampling.diffusion) over ``max_new_tokens`` mask tokens with
 the ``DiffusionSampling`` settings (steps, semi-autoregressive block length, classifier-free
 guidance, remasking). Both see left-padded prompts, padding hidden from attention; the diffusion
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pojax.data import tokenize
+from pojax.models.config import DIFFUSION_MODEL_TYPES
 from pojax.sampling import diffusion
 from pojax.sampling.autoregressive import completion_lengths, generate, left_pad
 
@@ -48,9 +49,9 @@ class DiffusionSampling:
 
 
 def diffusion_mask_id(model) -> int | None:
-    """The [MASK] id of a masked-diffusion LM (LLaDA), None for a causal LM."""
+    """The [MASK] id of a masked-diffusion LM (LLaDA, Dream), None for a causal LM."""
     config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) != "llada":
+    if getattr(config, "model_type", None) not in DIFFUSION_MODEL_TYPES:
         return None
     return int(config.mask_token_id)
 

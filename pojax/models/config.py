@@ -8,9 +8,12 @@ final-logit soft caps, alternating sliding / global layers), gemma3_text (Gemma 
 gemma2's blocks with (1 + w) q/k RMSNorms, 5 sliding layers per global one, and a RoPE base of
 their own for the sliding layers), olmo2 (norms after attention and MLP only, q/k RMSNorm over
 all heads together), phi3 (Phi-3 / Phi-4: fused qkv and gate_up projections in the checkpoint,
-partial rotary embeddings, an optional sliding window on every layer), and the
-masked-diffusion LM llada (LLaDA's own config.json keys, read and written by ``_llada_fields`` and
-``_llada_hf_dict``; its network is pojax.models.llada.LLaDA).
+partial rotary embeddings, an optional sliding window on every layer), the mixtures of experts
+mixtral (Mistral's attention, every MLP a top-2 of 8 SwiGLU experts, renormalized) and qwen3_moe
+(Qwen3's attention, top-k of many experts, renormalized when norm_topk_prob), and the
+masked-diffusion LMs llada (LLaDA's own config.json keys, read and written by ``_llada_fields`` and
+``_llada_hf_dict``; its network is pojax.models.llada.LLaDA) and dream (Dream-v0: Qwen2's keys
+plus mask_token_id under config.json model_type "Dream"; pojax.models.dream.Dream).
 """
 from __future__ import annotations
 
@@ -19,7 +22,12 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3", "llada")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3", "mixtral",
+                         "qwen3_moe", "llada", "dream")
+DIFFUSION_MODEL_TYPES = ("llada", "dream")  # masked-diffusion mask predictors (bidirectional, a [MASK] token)
+# config.json model_type spellings that differ from pojax's (Dream's code registers "Dream")
+HF_MODEL_TYPES = {"Dream": "dream"}
+MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # gate activations of the gated MLP (SwiGLU, GeGLU)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -86,6 +94,11 @@ class ModelConfig:
       sliding_rope_theta, sliding_rope_scaling: RoPE of the sliding-window layers when it differs
         from the full-attention layers' (gemma3_text: base 10k, while global layers use 1M with
         linear scaling); None = the same RoPE everywhere.
+      num_experts (E): experts of every layer's MLP (mixture of experts, pojax.models.moe);
+        0 = a dense MLP. num_experts_per_tok (k): experts each token is routed to;
+        moe_intermediate_size: each expert's hidden width; norm_topk_prob: the k routing weights
+        are renormalized to sum to 1 (mixtral always); router_aux_loss_coef: the checkpoint's
+        weight of the load-balancing loss (the training default of model.router_aux_loss_coef).
     """
 
     model_type: str = "llama"
@@ -127,6 +140,11 @@ class ModelConfig:
     sliding_rope_theta: float | None = None
     sliding_rope_scaling: tuple | None = None
     partial_rotary_factor: float = 1.0
+    num_experts: int = 0
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int | None = None
+    norm_topk_prob: bool = True
+    router_aux_loss_coef: float = 0.0
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -136,7 +154,7 @@ class ModelConfig:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.layer_types is None:
-            slides = self.model_type in ("mistral", "phi3") and self.sliding_window
+            slides = self.model_type in ("mistral", "phi3", "mixtral") and self.sliding_window
             kind = "sliding_attention" if slides else "full_attention"
             object.__setattr__(self, "layer_types", (kind,) * self.num_hidden_layers)
         if len(self.layer_types) != self.num_hidden_layers:
@@ -158,6 +176,16 @@ class ModelConfig:
                              "no soft cap)")
         if self.model_type == "llada":
             self._check_llada()
+        if self.model_type == "dream" and self.mask_token_id is None:
+            raise ValueError("dream needs mask_token_id (the [MASK] token id; 151666 for Dream-v0)")
+        if self.num_experts:
+            if self.moe_intermediate_size is None:
+                object.__setattr__(self, "moe_intermediate_size", self.intermediate_size)
+            if not 1 <= self.num_experts_per_tok <= self.num_experts:
+                raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts="
+                                 f"{self.num_experts}]")
+        elif self.model_type in MOE_MODEL_TYPES:
+            raise ValueError(f"{self.model_type} needs num_experts > 0")
 
     def _check_llada(self):
         """LLaDA's blocks: d_model split into heads, no sliding window, q/k norm or rope scaling."""
@@ -211,10 +239,11 @@ class ModelConfig:
         """From a transformers PretrainedConfig (or its dict). ``overrides`` set pojax-only
         fields (dtype, param_dtype, scan_layers, remat)."""
         d = hf if isinstance(hf, dict) else hf.to_dict()
-        model_type = d.get("model_type")
+        model_type = HF_MODEL_TYPES.get(d.get("model_type"), d.get("model_type"))
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
-                f"unsupported model_type {model_type!r}; pojax supports {', '.join(SUPPORTED_MODEL_TYPES)}"
+                f"unsupported model_type {model_type!r}; pojax supports "
+                f"{', '.join({v: k for k, v in HF_MODEL_TYPES.items()}.get(t, t) for t in SUPPORTED_MODEL_TYPES)}"
             )
         if model_type == "llada":
             return cls(**{**_llada_fields(d), **overrides})
@@ -231,7 +260,10 @@ class ModelConfig:
         rope.setdefault("rope_type", rope.pop("type", "default"))
         sliding = d.get("sliding_window")
         layer_types = d.get("layer_types")
-        if model_type in ("qwen2", "qwen3"):
+        if model_type == "dream" and d.get("use_sliding_window"):
+            raise ValueError("Dream config key 'use_sliding_window' = True is not supported (bidirectional attention "
+                             "over the whole sequence)")
+        if model_type in ("qwen2", "qwen3", "qwen3_moe"):
             if not d.get("use_sliding_window", False):
                 sliding = None
             if layer_types is None:
@@ -240,7 +272,7 @@ class ModelConfig:
                                for i in range(d["num_hidden_layers"])]
             if sliding is None:
                 layer_types = ["full_attention"] * d["num_hidden_layers"]
-        elif model_type in ("mistral", "phi3"):
+        elif model_type in ("mistral", "phi3", "mixtral"):
             layer_types = None  # derived from sliding_window in __post_init__
         elif model_type in ("gemma2", "gemma3_text"):
             if d.get("use_bidirectional_attention"):
@@ -268,10 +300,10 @@ class ModelConfig:
             rope_scaling=_scaling(rope),
             max_position_embeddings=d.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=True if model_type == "qwen2" else bool(d.get("attention_bias", False)),
-            o_proj_bias=False if model_type == "qwen2" else bool(d.get("attention_bias", False)),  # olmo2's o too
+            attention_bias=True if model_type in ("qwen2", "dream") else bool(d.get("attention_bias", False)),
+            o_proj_bias=False if model_type in ("qwen2", "dream") else bool(d.get("attention_bias", False)),  # olmo2's o
             mlp_bias=bool(d.get("mlp_bias", False)),
-            qk_norm=model_type in ("qwen3", "olmo2"),
+            qk_norm=model_type in ("qwen3", "olmo2", "qwen3_moe"),
             qk_norm_heads=model_type == "olmo2",
             sliding_window=sliding,
             layer_types=None if layer_types is None else tuple(layer_types),
@@ -280,6 +312,10 @@ class ModelConfig:
         )
         if model_type in ("gemma2", "gemma3_text"):
             fields.update(_gemma2_fields(d))
+        if model_type in MOE_MODEL_TYPES:
+            fields.update(_moe_fields(d))
+        if model_type == "dream":
+            fields.update(mask_token_id=d.get("mask_token_id"))
         if model_type == "gemma3_text":
             local = dict(per_type["sliding_attention"])
             fields.update(qk_norm=True, attn_logit_softcapping=d.get("attn_logit_softcapping"),
@@ -331,15 +367,25 @@ class ModelConfig:
                      final_logit_softcapping=self.final_logit_softcapping)
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
-        elif self.model_type in ("qwen3", "olmo2"):
+        elif self.model_type in ("qwen3", "olmo2", "qwen3_moe"):
             d.update(attention_bias=self.attention_bias)
-        if self.model_type in ("mistral", "phi3"):
+        if self.model_type == "mixtral":
+            d.update(num_local_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
+                     router_aux_loss_coef=self.router_aux_loss_coef, router_jitter_noise=0.0,
+                     intermediate_size=self.moe_intermediate_size)
+        elif self.model_type == "qwen3_moe":
+            d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
+                     moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
+                     router_aux_loss_coef=self.router_aux_loss_coef, decoder_sparse_step=1, mlp_only_layers=[])
+        if self.model_type in ("mistral", "phi3", "mixtral"):
             d.update(sliding_window=self.sliding_window)
         if self.rope.get("rope_type") == "longrope":
             d["original_max_position_embeddings"] = self.rope["original_max_position_embeddings"]
         if self.partial_rotary_factor != 1.0:
             d["rope_parameters"]["partial_rotary_factor"] = self.partial_rotary_factor
-        if self.model_type in ("qwen2", "qwen3"):
+        if self.model_type == "dream":
+            return _dream_hf_dict(self, d)
+        if self.model_type in ("qwen2", "qwen3", "qwen3_moe"):
             sliding = "sliding_attention" in self.layer_types
             d.update(use_sliding_window=sliding, sliding_window=self.sliding_window, layer_types=list(self.layer_types),
                      max_window_layers=self.layer_types.index("sliding_attention") if sliding else self.num_hidden_layers)
@@ -347,16 +393,17 @@ class ModelConfig:
         d["architectures"] = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                                "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
-                               "olmo2": "Olmo2ForCausalLM", "phi3": "Phi3ForCausalLM"}[self.model_type]]
+                               "olmo2": "Olmo2ForCausalLM", "phi3": "Phi3ForCausalLM",
+                               "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[self.model_type]]
         return d
 
     def to_hf_config(self):
         """A transformers config object (AutoConfig.for_model) for this architecture."""
         from transformers import AutoConfig
 
-        if self.model_type == "llada":
-            raise ValueError("llada has no transformers config class (its code ships with the checkpoint); "
-                             "use to_hf_dict()")
+        if self.model_type in DIFFUSION_MODEL_TYPES:
+            raise ValueError(f"{self.model_type} has no transformers config class (its code ships with the "
+                             "checkpoint); use to_hf_dict()")
         d = self.to_hf_dict()
         return AutoConfig.for_model(d.pop("model_type"), **d)
 
@@ -395,6 +442,43 @@ def _gemma2_fields(d: dict) -> dict:
                 final_logit_softcapping=d.get("final_logit_softcapping", 30.0),
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
                 o_proj_bias=bool(d.get("attention_bias", False)))
+
+
+def _moe_fields(d: dict) -> dict:
+    """The mixture-of-experts fields of a MixtralConfig / Qwen3MoeConfig dict. Mixtral always
+    renormalizes its top-k weights; Qwen3-MoE when norm_topk_prob (transformers' default False).
+    Keys pojax does not implement are refused by name: router jitter (training-time noise on the
+    router input), and Qwen3-MoE's dense layers among the sparse ones (mlp_only_layers,
+    decoder_sparse_step)."""
+    if d["model_type"] == "mixtral":
+        n, width, norm = d.get("num_local_experts", 8), d["intermediate_size"], True
+    else:
+        n = d.get("num_experts") or d.get("num_local_experts") or 128
+        width, norm = d.get("moe_intermediate_size", 768), bool(d.get("norm_topk_prob", False))
+        if d.get("mlp_only_layers"):
+            raise ValueError(f"qwen3_moe config key 'mlp_only_layers' = {d['mlp_only_layers']} is not supported "
+                             "(every layer must be sparse)")
+        if d.get("decoder_sparse_step", 1) != 1:
+            raise ValueError(f"qwen3_moe config key 'decoder_sparse_step' = {d['decoder_sparse_step']} is not supported "
+                             "(1: every layer sparse)")
+    if d.get("router_jitter_noise"):
+        raise ValueError(f"{d['model_type']} config key 'router_jitter_noise' = {d['router_jitter_noise']} is not "
+                         "supported (pojax routes without noise; set it to 0.0)")
+    return dict(num_experts=int(n), num_experts_per_tok=int(d.get("num_experts_per_tok", 2)),
+                moe_intermediate_size=int(width), norm_topk_prob=norm,
+                router_aux_loss_coef=float(d.get("router_aux_loss_coef", 0.001)))
+
+
+def _dream_hf_dict(c: ModelConfig, d: dict) -> dict[str, Any]:
+    """Dream-v0's config.json (the keys its configuration_dream.py reads) from the common ``d``."""
+    rope = dict(d.pop("rope_parameters"))
+    d.update(model_type="Dream", architectures=["DreamModel"],
+             auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+             rope_theta=rope.pop("rope_theta"), rope_scaling=None if rope == {"rope_type": "default"} else rope,
+             use_sliding_window=False, sliding_window=None, max_window_layers=c.num_hidden_layers,
+             attention_dropout=0.0, use_cache=False, mask_token_id=c.mask_token_id)
+    d.update({k: list(v) if isinstance(v, tuple) else v for k, v in c.token_ids().items()})
+    return d
 
 
 # ---------------------------------------------------------------------------------------- llada

@@ -33,8 +33,17 @@ from safetensors.numpy import save_file
 
 from pojax import sharding
 from pojax.models.config import TOKEN_ID_KEYS, ModelConfig
+from pojax.models import moe
+from pojax.models.dream import Dream
 from pojax.models.llada import LLaDA
 from pojax.models.transformer import CausalLM
+
+NETWORKS = {"llada": LLaDA, "dream": Dream}  # model_type -> network class; absent: CausalLM
+
+
+def network_class(config: ModelConfig):
+    """The pojax network of a config: LLaDA, Dream, or the causal decoder CausalLM."""
+    return NETWORKS.get(config.model_type, CausalLM)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -96,6 +105,18 @@ _LLADA_LAYER = {
     ("mlp", "up_proj", "kernel"): "up_proj.weight",
     ("mlp", "down_proj", "kernel"): "ff_out.weight",
 }
+# Mixture-of-experts MLPs (pojax.models.moe): the router and each expert's three [out, in]
+# Linears; "{e}" is the expert. pojax stacks the experts of a layer as [E, in, out].
+_MOE_LAYER = {
+    "mixtral": {("mlp", "router"): "block_sparse_moe.gate.weight",
+                ("mlp", "gate_proj"): "block_sparse_moe.experts.{e}.w1.weight",
+                ("mlp", "down_proj"): "block_sparse_moe.experts.{e}.w2.weight",
+                ("mlp", "up_proj"): "block_sparse_moe.experts.{e}.w3.weight"},
+    "qwen3_moe": {("mlp", "router"): "mlp.gate.weight",
+                  ("mlp", "gate_proj"): "mlp.experts.{e}.gate_proj.weight",
+                  ("mlp", "up_proj"): "mlp.experts.{e}.up_proj.weight",
+                  ("mlp", "down_proj"): "mlp.experts.{e}.down_proj.weight"},
+}
 # model_type -> (top-level map, per-layer map, per-layer name prefix); absent: the causal decoders.
 _FAMILY_MAPS = {"llada": (_LLADA_TOP, _LLADA_LAYER, "model.transformer.blocks.{}.")}
 _CAUSAL_MAPS = (_TOP, _LAYER, "model.layers.{}.")
@@ -125,7 +146,7 @@ class CheckpointError(ValueError):
 
 
 def _layout(suffix: tuple) -> object:
-    if suffix[-1] == "kernel":
+    if suffix[-1] == "kernel" or suffix[0] == "mlp" and suffix[-1] in ("router", "gate_proj", "up_proj", "down_proj"):
         return ("linear", _N_IN.get(suffix[-2], 1))
     if suffix[-1] == "bias" and suffix[-2] in ("q_proj", "k_proj", "v_proj"):
         return "reshape"
@@ -134,31 +155,43 @@ def _layout(suffix: tuple) -> object:
     return "copy"
 
 
+def _layer_maps(config: ModelConfig):
+    """(top-level map, per-layer map, per-layer name prefix) of a family."""
+    if config.model_type == "phi3":
+        return _phi3_maps(config)
+    top, layer, prefix = _FAMILY_MAPS.get(config.model_type, _CAUSAL_MAPS)
+    if config.model_type in _MOE_LAYER:
+        dense_mlp = {k for k in layer if k[0] == "mlp"}
+        layer = {**{k: v for k, v in layer.items() if k not in dense_mlp}, **_MOE_LAYER[config.model_type]}
+    return top, layer, prefix
+
+
 def name_map(model: CausalLM | LLaDA) -> dict[tuple, tuple]:
-    """pojax param path -> (transformers names, layout, stacked): one name per layer of a
-    parameter stacked under nnx.scan (stacked = True, leading axis = layer; also with a single
-    layer), else one name."""
+    """pojax param path -> (transformers names, layout): ``names`` is an object array whose
+    shape is the parameter's leading dims that index checkpoint tensors (the layer axis of a
+    parameter stacked under nnx.scan, the expert axis of a mixture of experts; 0-d: one tensor),
+    each entry the name of the tensor of that slice."""
     out = {}
-    n_layers = model.config.num_hidden_layers
-    if model.config.model_type == "phi3":
-        top, layer, prefix = _phi3_maps(model.config)
-    else:
-        top, layer, prefix = _FAMILY_MAPS.get(model.config.model_type, _CAUSAL_MAPS)
+    c = model.config
+    top, layer, prefix = _layer_maps(c)
     state = nnx.state(model, nnx.Param)
     for path, _ in nnx.to_flat_state(state):
         path = tuple(path)
         if path in top:
             name, layout = top[path]
-            out[path] = ([name], layout, False)
+            out[path] = (np.array(name, dtype=object), layout)
         elif path[0] == "layers":
-            if model.config.scan_layers:
-                suffix, names = path[1:], [prefix.format(i) for i in range(n_layers)]
+            if c.scan_layers:
+                suffix, prefixes = path[1:], [prefix.format(i) for i in range(c.num_hidden_layers)]
             else:
-                suffix, names = path[2:], [prefix.format(path[1])]
+                suffix, prefixes = path[2:], [prefix.format(path[1])]
             if suffix not in layer:
-                raise KeyError(f"no {model.config.model_type} checkpoint name for pojax parameter {path}")
+                raise KeyError(f"no {c.model_type} checkpoint name for pojax parameter {path}")
             name, layout = layer[suffix] if isinstance(layer[suffix], tuple) else (layer[suffix], _layout(suffix))
-            out[path] = ([n + name for n in names], layout, bool(model.config.scan_layers))
+            names = [[p + name.format(e=e) for e in range(c.num_experts)] if "{e}" in name else p + name
+                     for p in prefixes]
+            names = np.array(names, dtype=object)
+            out[path] = (names if c.scan_layers else names[0, ...], layout)
         else:
             raise KeyError(f"no transformers name for pojax parameter {path}")
     return out
@@ -251,10 +284,9 @@ def read_tensor(path: str, name: str) -> tuple[np.ndarray | None, str]:
 
 def _check(ckpt: _Checkpoint, names: dict, abstract: dict) -> None:
     problems = []
-    for path, (hf_names, layout, stacked) in names.items():
-        shape = abstract[path].shape[1:] if stacked else abstract[path].shape
-        want = hf_shape(shape, layout)
-        for name in hf_names:
+    for path, (hf_names, layout) in names.items():
+        want = hf_shape(abstract[path].shape[hf_names.ndim:], layout)
+        for name in hf_names.flat:
             fname = ckpt.file_of(name)
             if fname is None:
                 problems.append(f"tensor {name!r} is missing")
@@ -297,7 +329,7 @@ def load_into(model: CausalLM | LLaDA, path: str, *, mesh=None, rules=None) -> C
     rules = rules or sharding.DEFAULT_RULES
     new = {}
     for path_, var in flat.items():
-        hf_names, layout, stacked = names[path_]
+        hf_names, layout = names[path_]
         shape, dtype = tuple(var.shape), var.dtype
         logical = var.get_metadata("logical_axes")
         if mesh is not None:
@@ -305,12 +337,12 @@ def load_into(model: CausalLM | LLaDA, path: str, *, mesh=None, rules=None) -> C
         else:
             target = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
-        def read(index, hf_names=hf_names, layout=layout, shape=shape, stacked=stacked, dtype=dtype):
+        def read(index, hf_names=hf_names, layout=layout, shape=shape, dtype=dtype):
             index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-            if not stacked:
-                return _read_block(ckpt, hf_names[0], shape, layout, index).astype(dtype)
-            layers = range(*index[0].indices(shape[0]))
-            return np.stack([_read_block(ckpt, hf_names[i], shape[1:], layout, index[1:]) for i in layers]).astype(dtype)
+            lead = hf_names.ndim  # leading dims (layers, experts) that pick a tensor
+            picked = np.asarray(hf_names[index[:lead]], dtype=object)
+            blocks = [_read_block(ckpt, name, shape[lead:], layout, index[lead:]) for name in picked.flat]
+            return np.stack(blocks).reshape(picked.shape + blocks[0].shape).astype(dtype)
 
         new[path_] = var.replace(jax.make_array_from_callback(shape, target, read))
     params = nnx.from_flat_state([(p, v) for p, v in new.items()])
@@ -321,7 +353,7 @@ def load_into(model: CausalLM | LLaDA, path: str, *, mesh=None, rules=None) -> C
 def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None, mesh=None, rules=None,
                     **config_overrides) -> CausalLM | LLaDA:
     """Loads a transformers checkpoint directory (config.json + safetensors) as a CausalLM, or
-    as a LLaDA when config.json's model_type is "llada".
+    as a LLaDA / Dream when config.json's model_type is "llada" / "Dream".
 
     ``dtype`` sets the compute dtype and, unless ``param_dtype`` is given, the parameter dtype
     (training keeps float32 parameters with bfloat16 compute); ``mesh`` shards parameters by their logical
@@ -333,7 +365,7 @@ def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=None, mesh=None
     name = jnp.dtype(dtype).name
     pname = jnp.dtype(param_dtype).name if param_dtype is not None else name
     config = _read_config(path, dtype=name, param_dtype=pname, **config_overrides)
-    cls = LLaDA if config.model_type == "llada" else CausalLM
+    cls = network_class(config)
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     _fill_static(abstract, config)
     return load_into(abstract, path, mesh=mesh, rules=rules)
@@ -343,7 +375,7 @@ def load_decoder(path: str, config: ModelConfig, *, mesh=None, rules=None) -> Ca
     """The network of ``config`` (CausalLM, or LLaDA for model_type "llada") with its parameters
     read from the checkpoint dir ``path``, never materialized at random first. A CausalLM whose
     config ties the embeddings has no LM head to read (a sequence classifier's backbone)."""
-    cls = LLaDA if config.model_type == "llada" else CausalLM
+    cls = network_class(config)
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     _fill_static(abstract, config)
     return load_into(abstract, path, mesh=mesh, rules=rules)
@@ -380,6 +412,8 @@ def _fill_static(model: CausalLM | LLaDA, config: ModelConfig) -> None:
         model.inv_freq_local.set_value(rope_inv_freq(config.rotary_dim, config.sliding_rope_theta, config.sliding_rope))
     if hasattr(model, "sliding"):
         model.sliding.set_value(jnp.array([t == "sliding_attention" for t in config.layer_types]))
+    if hasattr(model, "router_stats"):
+        model.router_stats.set_value(moe.empty_stats(config.num_experts).get_value())
 
 
 def hf_config_files(config: ModelConfig, *, token_ids: dict | None = None) -> tuple[dict, dict | None]:
@@ -408,10 +442,10 @@ def save_pretrained(model: CausalLM | LLaDA, path: str, *, max_shard_bytes: int 
     names = name_map(model)
     tensors = {}
     for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        hf_names, layout, stacked = names[tuple(p)]
+        hf_names, layout = names[tuple(p)]
         value = np.asarray(jax.device_get(var[...]))
-        for i, name in enumerate(hf_names):
-            piece = to_hf(value[i] if stacked else value, layout)
+        for i in np.ndindex(hf_names.shape):
+            name, piece = hf_names[i], to_hf(value[i], layout)
             if layout not in ("copy", "reshape") and layout[0] == "fused":  # rows of a fused tensor
                 whole = tensors.setdefault(name, np.zeros((layout[4], piece.shape[1]), piece.dtype))
                 whole[layout[2]:layout[3]] = piece

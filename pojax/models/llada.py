@@ -48,7 +48,7 @@ def llada_8b(**overrides) -> ModelConfig:
 
 
 def _run_block(block: Block, x, positions, mask, inv_freq):
-    return block(x, positions, mask, inv_freq)
+    return block(x, positions, mask, inv_freq)[0]
 
 
 class LLaDA(DecoderStack):
@@ -57,9 +57,12 @@ class LLaDA(DecoderStack):
     ``lm_head_weight`` feed the chunked log-prob path (pojax.likelihood) as for CausalLM. The
     same blocks as the causal decoder (DecoderStack); only the attention mask differs."""
 
+    MODEL_TYPE = "llada"
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        if config.model_type != "llada":
-            raise ValueError(f"LLaDA needs a model_type 'llada' config, got {config.model_type!r}")
+        if config.model_type != self.MODEL_TYPE:
+            raise ValueError(f"{type(self).__name__} needs a model_type {self.MODEL_TYPE!r} config, got "
+                             f"{config.model_type!r}")
         super().__init__(config, rngs=rngs)
 
     def hidden_states(self, input_ids, *, positions=None, segment_ids=None):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pojax import sharding
+from pojax.models import moe
 from pojax.models.config import ModelConfig
 from pojax.models.layers import (
     Dense, RMSNorm, SwiGLU, apply_rope, attention, attention_mask, dtype_of, param, part_masks, rope_inv_freq,
@@ -112,8 +113,12 @@ class Block(nnx.Module):
             self.pre_feedforward_layernorm = norm()
         if self.placement != "pre":
             self.post_feedforward_layernorm = norm()
-        self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias, param_dtype=pd,
-                          dtype=dtype_of(c.dtype), rngs=rngs, activation=c.hidden_act)
+        if c.num_experts:  # Mixtral, Qwen3-MoE
+            self.mlp = moe.MoE(c, rngs=rngs)
+        else:
+            self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, bias=c.mlp_bias, param_dtype=pd,
+                              dtype=dtype_of(c.dtype), rngs=rngs, activation=c.hidden_act)
+        self.sparse = bool(c.num_experts)
 
     def _attn_in(self, x):
         return x if self.placement == "post" else self.input_layernorm(x)
@@ -121,25 +126,35 @@ class Block(nnx.Module):
     def _residual(self, x, a):
         return x + (a if self.placement == "pre" else self.post_attention_layernorm(a))
 
-    def _mlp(self, x):
-        if self.placement == "pre":
-            return x + self.mlp(self.post_attention_layernorm(x))
-        h = self.mlp(self.pre_feedforward_layernorm(x) if self.placement == "sandwich" else x)
-        return x + self.post_feedforward_layernorm(h)
+    def _ffn(self, x, token_weights):
+        """(MLP output, router statistics or None)."""
+        if self.sparse:
+            return self.mlp(x, token_weights)
+        return self.mlp(x), None
 
-    def __call__(self, x, positions, mask, inv_freq):
+    def _mlp(self, x, token_weights=None):
+        if self.placement == "pre":
+            h, stats = self._ffn(self.post_attention_layernorm(x), token_weights)
+            return x + h, stats
+        h, stats = self._ffn(self.pre_feedforward_layernorm(x) if self.placement == "sandwich" else x, token_weights)
+        return x + self.post_feedforward_layernorm(h), stats
+
+    def __call__(self, x, positions, mask, inv_freq, token_weights=None):
+        """(x [B, T, D], router statistics of a MoE layer (pojax.models.moe) or None); the
+        router statistics count each token by ``token_weights`` [B, T] (None: 1 each)."""
         x = self._residual(x, self.self_attn(self._attn_in(x), positions, mask, inv_freq))
-        return sharding.constrain(self._mlp(x), ("batch", "length", "embed"))
+        x, stats = self._mlp(x, token_weights)
+        return sharding.constrain(x, ("batch", "length", "embed")), stats
 
     def decode(self, x, positions, cache_k, cache_v, index, mask, inv_freq):
         a, cache_k, cache_v = self.self_attn.decode(self._attn_in(x), positions, cache_k, cache_v, index, mask, inv_freq)
-        return self._mlp(self._residual(x, a)), cache_k, cache_v
+        return self._mlp(self._residual(x, a))[0], cache_k, cache_v
 
 
-def _run_block(block: Block, x, positions, masks, sliding, inv_freqs):
+def _run_block(block: Block, x, positions, masks, sliding, inv_freqs, token_weights):
     """One layer; a sliding layer takes the windowed mask and the local RoPE (inv_freqs[1])."""
     mask = jax.tree.map(lambda w, f: jnp.where(sliding, w, f), masks[1], masks[0])
-    return block(x, positions, mask, jnp.where(sliding, inv_freqs[1], inv_freqs[0]))
+    return block(x, positions, mask, jnp.where(sliding, inv_freqs[1], inv_freqs[0]), token_weights)
 
 
 class DecoderStack(nnx.Module):
@@ -160,6 +175,8 @@ class DecoderStack(nnx.Module):
         self.inv_freq = nnx.Variable(rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope))  # static, not trained
         if c.sliding_rope_theta is not None:  # Gemma 3: sliding layers rotate with their own base
             self.inv_freq_local = nnx.Variable(rope_inv_freq(c.rotary_dim, c.sliding_rope_theta, c.sliding_rope))
+        if c.num_experts:  # router statistics of the forwards, for the load-balancing loss
+            self.router_stats = moe.empty_stats(c.num_experts)
         if c.rope.get("rope_type") == "longrope":  # LongRoPE's table for inputs past the original length
             self.inv_freq_long = nnx.Variable(rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope, long=True))
 
@@ -219,6 +236,8 @@ class CausalLM(DecoderStack):
         0 = padding) keep attention inside each document; branch_ids [B, T] (0 = shared prompt,
         k > 0 = the k-th completion) let several completions of a row share one prompt;
         attention_parts (static, see layers.PartMasks) skips key ranges the mask hides anyway.
+        A mixture-of-experts model records the forward's router statistics over its non-padding
+        tokens (segment id ≠ 0) for pojax.models.moe.router_aux_loss.
         """
         c = self.config
         b, t = input_ids.shape
@@ -242,15 +261,21 @@ class CausalLM(DecoderStack):
         run = _run_block
         if c.remat != "none":
             run = nnx.remat(_run_block, policy=_REMAT_POLICIES[c.remat])
+        weights = None if segment_ids is None else (segment_ids != 0).astype(jnp.float32)
         if c.scan_layers:
-            @nnx.scan(in_axes=(0, nnx.Carry, None, None, 0, None), out_axes=nnx.Carry)
-            def scan_fn(block, x, positions, masks, sliding, inv_freq):
-                return run(block, x, positions, masks, sliding, inv_freq)
+            @nnx.scan(in_axes=(0, nnx.Carry, None, None, 0, None, None), out_axes=(nnx.Carry, 0))
+            def scan_fn(block, x, positions, masks, sliding, inv_freq, weights):
+                return run(block, x, positions, masks, sliding, inv_freq, weights)
 
-            x = scan_fn(self.layers, x, positions, masks, self.sliding[...], inv_freq)
+            x, stats = scan_fn(self.layers, x, positions, masks, self.sliding[...], inv_freq, weights)
         else:
+            stats = []
             for i, block in enumerate(self.layers):
-                x = run(block, x, positions, masks, self.sliding[...][i], inv_freq)
+                x, s = run(block, x, positions, masks, self.sliding[...][i], inv_freq, weights)
+                stats.append(s)
+            stats = None if stats[0] is None else tuple(jnp.stack(s) for s in zip(*stats))
+        if stats is not None:
+            moe.record(self, stats)
         return self.norm(x)
 
     # ------------------------------------------------------------------ KV cache decoding

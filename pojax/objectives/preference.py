@@ -41,10 +41,26 @@ def split_pairs(x):
     return x[:n], x[n:]
 
 
+def is_moe(model) -> bool:
+    """A mixture-of-experts model (its forwards record router statistics, pojax.models.moe)."""
+    return bool(getattr(getattr(model, "config", None), "num_experts", 0))
+
+
+def router_segments(model, mask_BT):
+    """Segment ids [B, T] int32 for a mixture-of-experts model: 1 on each right-padded row's
+    tokens through its last completion token, 0 on the padding after it, so the router's
+    load-balancing statistics skip padding as transformers' attention mask does (real tokens
+    never attend to that padding, so their outputs do not change); None for a dense model."""
+    if not is_moe(model):
+        return None
+    m = jnp.asarray(mask_BT, bool)
+    return (jnp.cumsum(m[:, ::-1], axis=1)[:, ::-1] > 0).astype(jnp.int32)
+
+
 def _token_logps(model, ids, mask, chunk_size, with_sq=False, vocab_chunk_size=ar.DEFAULT_VOCAB_CHUNK):
     targets, tmask = ar.shift_targets(ids, mask)
     out = ar.token_logps(model, ids, targets, chunk_size=chunk_size, return_log_sum_sq=with_sq,
-                         vocab_chunk_size=vocab_chunk_size)
+                         vocab_chunk_size=vocab_chunk_size, segment_ids=router_segments(model, mask))
     tok, sq = out if with_sq else (out, None)
     return tok, sq, tmask
 
@@ -57,7 +73,7 @@ def _fused_token_logps(model, ids_list, mask_list, chunk_size, width=None, with_
     (pojax.likelihood.shared_prompt). Neither path concatenates along the (sharded) batch axis
     after the model: halves are slices."""
     k = len(ids_list)
-    if width is None:
+    if width is None or is_moe(model):  # MoE: own rows, whose padding the router statistics skip
         tok, sq, tmask = _token_logps(model, jnp.concatenate(ids_list, 0), jnp.concatenate(mask_list, 0), chunk_size,
                                       with_sq, vocab_chunk_size)
         b = tok.shape[0] // k

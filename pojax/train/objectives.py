@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from pojax.config import ConfigError, loss_hparams
+from pojax.models import moe
 from pojax.models.lora import without_adapters
 from pojax.likelihood.shared_prompt import window_width
 from pojax.objectives import initial_loss_state, packed_preference_loss, preference_loss, sft_loss
@@ -45,12 +46,36 @@ def vocab_chunk(config) -> int | None:
     return config.likelihood.vocab_chunk_size or None
 
 
+def with_router_aux_loss(objective, config):
+    """``objective`` plus, for a mixture-of-experts policy, router_aux_loss_coef × the router's
+    load-balancing loss over the policy's forwards of the batch (pojax.models.moe), reported as
+    metric ``aux_loss``, as TRL adds it. ``model.router_aux_loss_coef`` unset takes the
+    checkpoint's own coefficient (its config.json's router_aux_loss_coef); 0 turns it off.
+    Dense policies are unchanged; a coefficient set for one is refused (as TRL does)."""
+    coef = config.model.get("router_aux_loss_coef")
+
+    def wrapped(m, ref, b, ls):
+        if not getattr(m.config, "num_experts", 0):
+            if coef:
+                raise ConfigError("model.router_aux_loss_coef", f"{coef} is set, but the policy "
+                                  f"({m.config.model_type}) is not a mixture-of-experts model")
+            return objective(m, ref, b, ls)
+        moe.router_aux_loss(m)  # drop statistics of forwards outside this objective
+        loss, metrics, ls = objective(m, ref, b, ls)
+        aux = moe.router_aux_loss(m)
+        weight = m.config.router_aux_loss_coef if coef is None else coef
+        return loss + weight * aux, dict(metrics, aux_loss=aux), ls
+
+    return wrapped
+
+
 def sft_objective(config, mask_id: int | None):
     """(objective, initial loss state) of the SFT stage."""
     chunk = config.likelihood.chunk_size
     if mask_id is None:
         vocab = vocab_chunk(config)
-        return (lambda m, ref, b, ls: (*sft_loss(m, b, chunk_size=chunk, vocab_chunk_size=vocab), ls)), None
+        return with_router_aux_loss(lambda m, ref, b, ls: (*sft_loss(m, b, chunk_size=chunk, vocab_chunk_size=vocab), ls),
+                                    config), None
     base = jax.random.PRNGKey(config.train.seed + 9)
 
     def objective(m, ref, b, counter):
@@ -121,7 +146,7 @@ def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed
     def objective(m, ref, b, ls):
         return loss_fn(m, without_adapters(m) if lora_base else ref, b, ls)
 
-    return objective, initial_loss_state(name)
+    return with_router_aux_loss(objective, config), initial_loss_state(name)
 
 
 def half_budget_objective(config, *, mask_id: int, lora_base: bool):

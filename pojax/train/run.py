@@ -17,7 +17,8 @@ from flax import nnx
 from pojax import fs, preflight, sharding
 from pojax.config import ConfigError
 from pojax.data.pipeline import ArraySource, make_dataset
-from pojax.models import CausalLM, LLaDA, ModelConfig, from_pretrained, save_pretrained
+from pojax.models import ModelConfig, from_pretrained, network_class, save_pretrained
+from pojax.models.config import DIFFUSION_MODEL_TYPES
 from pojax.models.lora import apply_lora, merge_lora, without_adapters
 from pojax.train import guide as guide_lib
 from pojax.train import metrics as metrics_lib
@@ -40,20 +41,21 @@ def build_model(config, vocab_size: int | None, mesh=None, rules=None):
     """The starting policy, placed on ``mesh``. Parameters are float32 (master weights: a 5e-7
     update vanishes in bfloat16) and ``model.dtype`` is the compute dtype. A checkpoint is read
     straight into its shards; a random model (model.family = llama | mistral | qwen2 | qwen3 |
-    llada) is created, then sharded. A random llada model gets one extra token, its [MASK]."""
+    llada | dream) is created, then sharded. A random masked-diffusion model (llada, dream) gets
+    one extra token, its [MASK]; a random dream has Qwen2's q/k/v bias."""
     m = config.model
     layout = dict(scan_layers=m.scan_layers, remat=m.remat)
     if m.path:
         return from_pretrained(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32, mesh=mesh, rules=rules, **layout)
     if vocab_size is None:
         raise ConfigError("model.path", "training on files needs a Hugging Face model directory (model and tokenizer)")
-    llada = m.family == "llada"
-    mc = ModelConfig(model_type=m.family, vocab_size=vocab_size + llada, hidden_size=m.hidden_size,
+    diffusion = m.family in DIFFUSION_MODEL_TYPES
+    mc = ModelConfig(model_type=m.family, vocab_size=vocab_size + diffusion, hidden_size=m.hidden_size,
                      intermediate_size=m.intermediate_size, num_hidden_layers=m.num_layers,
                      num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
                      dtype=m.dtype, param_dtype="float32", max_position_embeddings=4096,
-                     mask_token_id=vocab_size if llada else None, **layout)
-    model = (LLaDA if llada else CausalLM)(mc, rngs=nnx.Rngs(config.train.seed))
+                     attention_bias=m.family == "dream", mask_token_id=vocab_size if diffusion else None, **layout)
+    model = network_class(mc)(mc, rngs=nnx.Rngs(config.train.seed))
     return model if mesh is None else sharding.shard_module(model, mesh, rules)
 
 

@@ -23,7 +23,7 @@ from pojax.config import ConfigError
 from pojax.data import gym as gym_lib
 from pojax.losses import needs_reference
 from pojax.objectives import initial_loss_state
-from pojax.models import CausalLM, LLaDA, from_pretrained
+from pojax.models import from_pretrained, network_class
 from pojax.models.lora import apply_lora
 from pojax.train import metrics as metrics_lib
 from pojax.train import run_spec
@@ -360,7 +360,7 @@ def _skeleton(config, spec, mesh, rules):
     """The network whose parameters the checkpoints hold (random values, to be restored)."""
     if spec is not None:
         mc = spec.model_config
-        model = (LLaDA if mc.model_type == "llada" else CausalLM)(mc, rngs=nnx.Rngs(0))
+        model = network_class(mc)(mc, rngs=nnx.Rngs(0))
         return model if mesh is None else sharding.shard_module(model, mesh, rules)
     vocab = gym_lib.from_config(config).vocab_size if config.data.format == "gym" else None
     return build_model(config, vocab, mesh, rules)

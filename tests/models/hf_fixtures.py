@@ -3,6 +3,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from experiments.parity import common as parity_common
+
 VOCAB = 97
 
 VARIANTS = {
@@ -37,6 +39,10 @@ VARIANTS = {
                                    original_max_position_embeddings=8, rope_parameters={
                                        "rope_type": "longrope", "rope_theta": 10000.0,
                                        "short_factor": [1.0, 1.3, 1.7, 2.1], "long_factor": [1.5, 2.5, 4.0, 8.0]})),
+    # mixtures of experts: 4 experts, top-2 (Mixtral renormalizes; this Qwen3-MoE does not)
+    "mixtral-window": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=4)),
+    "qwen3moe-unnormed": ("qwen3_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+                                            head_dim=16, norm_topk_prob=False)),
 }
 
 
@@ -61,15 +67,8 @@ def make_checkpoint(variant: str, path, seed: int = 0, num_layers: int = 2):
 def randomize_(model):
     """Every parameter of a torch model redrawn in place (norms around 1, biases and weights
     around 0): the ones / zeros init of norms and biases would hide a misplaced parameter."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:  # Gemma's (1 + w) norms store w around 0; they get 1 + w around 1 too
-                p.copy_((0.0 if model.config.model_type.startswith("gemma") else 1.0) + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.2 * torch.randn_like(p))
-    return model
+    # Gemma's (1 + w) norms store w around 0; they get 1 + w around 1 too
+    return parity_common.randomize_(model, 0.0 if model.config.model_type.startswith("gemma") else 1.0)
 
 
 def torch_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:

@@ -47,7 +47,7 @@ def test_unsupported_model_type(ckpt):
     cfg["model_type"] = "gpt2"
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="unsupported model_type 'gpt2'; pojax supports llama, mistral, qwen2, qwen3, "
-                                         "gemma2, gemma3_text, olmo2, phi3, llada$"):
+                                         "gemma2, gemma3_text, olmo2, phi3, mixtral, qwen3_moe, llada, Dream$"):
         from_pretrained(str(ckpt))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 from pojax.config import validate
 from pojax.train.run import run_train
@@ -32,6 +32,9 @@ PAPER_RECIPES = {  # recipe -> (HF config class, HF model class, extra config of
     "gemma2_9b_dpo_ultrafeedback": (Gemma2Config, Gemma2ForCausalLM, {"head_dim": 8, "query_pre_attn_scalar": 8,
                                                                       "sliding_window": 12, "attn_logit_softcapping": 2.0,
                                                                       "final_logit_softcapping": 3.0}),
+    # 4 experts, top-2, renormalized as Qwen3-30B-A3B's router
+    "qwen3_30b_a3b_dpo_ultrafeedback": (Qwen3MoeConfig, Qwen3MoeForCausalLM, {
+        "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24, "norm_topk_prob": True}),
 }
 SMALL = {"train.max_steps": 2, "train.batch_size": 8, "train.grad_accum_steps": 1, "data.max_prompt_length": 16,
          "data.max_completion_length": 8, "likelihood.chunk_size": 8, "eval.num_examples": 8,
@@ -112,6 +115,8 @@ CASES = {  # recipe -> (upstream layout writer, overrides beyond SMALL, first lo
     "mistral_7b_kto_mix": (kto_mix_dir, {}, lambda c: 0.5),  # r = z0 = 0: λ (1 - σ(0)) with λ_D = λ_U = 1
     "qwen3_dpo_hh_rlhf": (hh_rlhf_dir, {"train.sft_steps": 2}, lambda c: math.log(2)),  # reference = the SFT'd policy
     "gemma2_9b_dpo_ultrafeedback": (ultrafeedback_dir, {}, lambda c: math.log(2)),  # policy == reference
+    # policy == reference: log 2, plus 0.001 × the router's load-balancing loss (checked below)
+    "qwen3_30b_a3b_dpo_ultrafeedback": (ultrafeedback_dir, {}, lambda c: math.log(2)),
 }
 
 
@@ -131,7 +136,10 @@ def test_paper_recipe_two_steps_on_tiny_model_of_its_family(tmp_path, name):
     metrics = read_jsonl(workdir / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(math.isfinite(m["loss"]) for m in metrics)
-    np.testing.assert_allclose(metrics[0]["loss"], first_loss(config), rtol=1e-5)
+    aux = metrics[0].get("aux_loss", 0.0)  # mixtures of experts: the router's load-balancing loss
+    assert (aux > 1.0) == ("a3b" in name)  # E·Σ f P ≥ top-k when routing is imbalanced (random router)
+    np.testing.assert_allclose(metrics[0]["loss"] - (config.model.router_aux_loss_coef or 0.0) * aux,
+                               first_loss(config), rtol=1e-5)
     if config.train.sft_steps:
         assert [m["step"] for m in read_jsonl(workdir / "metrics_sft.jsonl")] == [1, 2]
     assert results["eval_num_examples"] == 8 and math.isfinite(results["eval_loss"])
