@@ -166,3 +166,20 @@ def test_unsupported_moe_config_keys_are_refused_by_name(tmp_path, model_type, k
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=message):
         from_pretrained(str(tmp_path))
+
+
+def test_kv_cache_decode_equals_full_forward(tmp_path):
+    """Prefill then one token at a time through the experts = the full forward (scan layers)."""
+    make_checkpoint("mixtral-window", tmp_path)
+    model = from_pretrained(str(tmp_path), scan_layers=True)
+    x = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (2, 8)), jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (2, 8))
+    with jax.default_matmul_precision("highest"):
+        full = nnx.jit(lambda m, x: m(x))(model, x)
+        step = nnx.jit(lambda m, t, p, c: m.decode(t, p, c))
+        logits, cache = step(model, x[:, :4], pos[:, :4], model.init_cache(2, 8))
+        steps = [logits]
+        for t in range(4, 8):
+            logits, cache = step(model, x[:, t:t + 1], pos[:, t:t + 1], cache)
+            steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5, rtol=0)
