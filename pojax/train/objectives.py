@@ -21,7 +21,7 @@ from pojax.models import moe
 from pojax.models.lora import without_adapters
 from pojax.likelihood.shared_prompt import window_width
 from pojax.objectives import initial_loss_state, packed_preference_loss, preference_loss, sft_loss
-from pojax.objectives.preference import needs_token_kl
+from pojax.objectives.preference import is_moe, needs_token_kl
 from pojax.objectives import diffusion as diff_obj
 
 
@@ -55,7 +55,7 @@ def with_router_aux_loss(objective, config):
     coef = config.model.get("router_aux_loss_coef")
 
     def wrapped(m, ref, b, ls):
-        if not getattr(m.config, "num_experts", 0):
+        if not is_moe(m):
             if coef:
                 raise ConfigError("model.router_aux_loss_coef", f"{coef} is set, but the policy "
                                   f"({m.config.model_type}) is not a mixture-of-experts model")
