@@ -21,14 +21,20 @@ held out. A file scored by another reward model trains the same way in pojax's `
 What is public and what pojax chose (the training code of DiffPO is not released; its repository,
 zjuruizhechen/DiffPO, has the evaluation code, which builds on hao-ai-lab/Consistency_LLM):
   - public: the aligner families (DiffPO-8B: Llama-3-8B; DiffPO-9B: Gemma-2-9B,
-    configs/diffpo_gemma2_9b_ultrafeedback.py), 256 refined tokens per answer (``--max_new_tokens_for_consistency 256``), the
-    CLLM recipe it builds on (lr 2e-5, cosine, 3 % warm-up, no weight decay, 1 epoch, bf16,
-    L = L_cons + 10 · L_AR, i.e. ω = 0.1 here up to an overall scale).
+    configs/diffpo_gemma2_9b_ultrafeedback.py), 256 refined tokens per answer
+    (``--max_new_tokens_for_consistency 256``), greedy Jacobi updates to a fixed point, the
+    reserved prefix (``gen_DiffuPO_answer.py``: each answer's first r tokens kept, r uniform on
+    0 … 12 per answer; pojax seeds the draw with train.seed), the CLLM recipe it builds on
+    (``cllm/cllm_trainer_global.py``, ``scripts/train_cllm.sh``: lr 2e-5, cosine, 3 % warm-up, no
+    weight decay, 1 epoch, bf16, L = L_cons + 10 · L_AR, i.e. ω = 0.1 here up to an overall scale;
+    L_AR label-smoothed with ε = 0.1; L_cons the soft cross-entropy from the first token where the
+    state and the target differ).
   - chosen: UltraFeedback's GPT-4 ``overall_score`` ranks the trajectories (4 completions: 3
     states + the target), 1024 prompt tokens, global batch 32 (CLLM trains with batch 1 per
-    device), KL divergence, uniform t, greedy Jacobi updates, k ∈ {1, 2, 4, 8} at evaluation.
-  - departures: no label smoothing on L_AR (CLLM uses 0.1); states are other models' answers
-    ranked by score, not the aligner's own Jacobi trajectories (as the paper describes its data).
+    device), uniform t, k ∈ {1, 2, 4, 8} at evaluation.
+  - departures: states are other models' answers ranked by score, not the aligner's own Jacobi
+    trajectories (as the paper describes its data); L_AR scores the response tokens only (CLLM's
+    labels include the prompt); both terms are per-example token means (pojax.diffpo.loss).
 """
 import os
 
@@ -60,7 +66,10 @@ def get_config():
     config.diffpo.score_field = "overall_score"  # GPT-4's overall rating of each completion ranks the trajectory
     config.diffpo.max_states = 3  # 4 completions per prompt: 3 states below the target
     config.diffpo.omega = 0.1  # CLLM: L_cons + 10·L_AR, i.e. L_AR + 0.1·L_cons up to scale
-    config.diffpo.divergence = "kl"  # per-position KL(sg[q(·|x, y(T))] || q(·|x, y(t)))
+    config.diffpo.divergence = "soft_ce"  # CLLM: -Σ_v sg[q(v|x,y(T))] log q(v|x,y(t)) (KL + entropy: KL's gradient)
+    config.diffpo.label_smoothing = 0.1  # CLLM's LabelSmoother(epsilon=0.1) on L_AR
+    config.diffpo.consistency_mask = "first_difference"  # CLLM: L_cons from the first token where y(t) and y(T) differ
+    config.diffpo.reserve_tokens = 12  # DiffPO's --reserve_tokens: each base answer's first r ~ U{0..12} tokens kept
     config.diffpo.eval_steps = (1, 2, 4, 8)  # Jacobi step budgets reported
     config.diffpo.eval_converged = False  # up to 257 passes per 256-token block: off at this scale
     config.diffpo.on_overflow = "truncate"  # base answers are cut to the 256-token block

@@ -1,9 +1,37 @@
 """ELBO-KTO: KTO on Monte Carlo ELBOs of a masked-diffusion LM ("Aligning Diffusion Language
 Models via Unpaired Preference Optimization", arXiv 2510.23658), LLaDA-8B-Instruct on kto-mix-14k
-with the authors' settings: K = 8 ELBO draws per completion (exactly l of L response tokens
-masked, l stratified; the same draws for policy and reference, fixed per example), β = 0.1,
-reference point z0 = the detached batch mean of r̂ = B_θ − B_ref, AdamW (0.9, 0.95) with weight
-decay 0.01, learning rate 1e-6 with 3% warm-up then cosine, bf16, one epoch.
+with the authors' settings (github.com/vaibhavjindal/elbo-kto, commit 80dc31e): K = 8 ELBO draws
+per completion, each masking exactly l of the L completion tokens with l drawn independently and
+uniformly from 1..L per draw, weight L/l (their ``l_from_seed``: ``likelihood.estimator=length``);
+the same draws for policy and reference, fixed per example; L counts the completion's own tokens
+only — no end of turn or EOS after it (their ``data_utils.build_example``:
+``data.completion_end=none``); β = 0.1, reference point z0 = the detached batch mean of
+r̂ = B_θ − B_ref (their ``global_mean``), AdamW (0.9, 0.95) with weight decay 0.01, learning rate
+1e-6 with 3% warm-up then cosine, bf16, one epoch. Their ``--n_D`` / ``--n_U`` (fractions of the
+desirable / undesirable rows trained on, default 1) are ``data.desirable_fraction`` /
+``data.undesirable_fraction`` with ``data.subsample_seed`` = their ``--sample_seed`` (42).
+
+pojax's recommended estimator is ``--config.likelihood.estimator=length_stratified`` (one l per
+row, the K lengths spread evenly over 1..L; LLaDA's get_log_likelihood.py): unbiased like
+``length``, with a modest variance gain: ``length``'s Var(B) is 1.05–1.16x the stratified one at
+K = 4 on a toy model's 2–4-token responses (tests/likelihood/test_diffusion.py,
+test_variance_falls_as_one_over_n_mc, exact ELBOs by enumeration), and with
+experiments/elbo_variance.py (README, "Masked-diffusion LMs") a shared-draw Var(r̂) of 1.6e-4
+against 2.0e-4 at K = 8 on the gym's 6-token responses, where Var(B_θ) is 1.18 / 0.33 / 0.082
+(stratified) against 1.18 / 0.34 / 0.075 (``length``) at K = 1 / 4 / 16, equal within that
+measurement's noise. Neither was measured on LLaDA-8B's long responses.
+
+Where this recipe still departs from the authors' run: their sequences are cut at 4096 tokens
+in all (keeping the start: a long completion loses its end) and every row is padded with EOS to
+4096 (the padding is visible to the bidirectional model, never masked or scored); here prompts
+keep their last 512 tokens, completions their first 512, and rows are padded to 1024, which
+changes the context (and so B_θ, B_ref) of every row and the window of completions over 512
+tokens. Their exact cut and
+padding: --config.data.max_length=4096 --config.data.max_prompt_length=0
+--config.data.max_completion_length=0 (4x the tokens per row). Their ELBO draws come from
+their own 64-bit hash and torch generators, pojax's from JAX keys (same distribution, other
+masks); they have no mismatched-completion (KL) rows, pojax still scores them (logged as
+``kl/unclamped``, unused by z0 = batch mean; twice the forward passes).
 
 On a TPU VM (every host runs the same command) or a GPU node, with local copies of
 GSAI-ML/LLaDA-8B-Instruct and trl-lib/kto-mix-14k (upstream layout: data/train-*.parquet):
@@ -41,10 +69,11 @@ def get_config():
     config.data.max_prompt_length = 512  # tokens, prompts keep their end
     config.data.max_completion_length = 512  # tokens, the response window of the ELBO
     config.data.chat_template = "auto"  # LLaDA-8B-Instruct's chat template
+    config.data.completion_end = "none"  # the authors' window: the completion's tokens, no <|eot_id|> or EOS after
 
     config.likelihood.kind = "diffusion"  # ELBOs in place of log-likelihoods
     config.likelihood.n_mc = 8  # K, Monte Carlo draws per ELBO (the authors' K = 8)
-    config.likelihood.estimator = "length_stratified"  # mask exactly l of L tokens, weight L/l, l stratified
+    config.likelihood.estimator = "length"  # the authors': exactly l of L masked, l iid U{1..L} per draw, weight L/l
     config.likelihood.chunk_size = 256  # sequence chunk of the chunked log-softmax, tokens
 
     config.loss.name = "kto"  # KTO on B_θ − B_ref

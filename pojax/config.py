@@ -13,6 +13,7 @@ from pojax import losses
 TASKS = ("sft", "pretrain", "train", "eval", "sample", "export", "diffpo")
 DATA_FORMATS = ("paired", "unpaired", "ranked", "step", "sft", "hh_rlhf", "ultrafeedback_binarized", "kto_mix", "gym")
 TRUNCATION_MODES = ("keep_start", "keep_end")  # data.truncation_mode, TRL DPOConfig's values
+COMPLETION_ENDS = ("eos", "none")  # data.completion_end (pojax.data.tokenize)
 LIKELIHOODS = ("autoregressive", "diffusion")
 ESTIMATORS = ("length_stratified", "length", "timestep_stratified", "timestep")  # pojax.likelihood.diffusion
 REFERENCE_MODES = ("copy", "precomputed", "lora_base", "none")
@@ -38,6 +39,7 @@ LOSS_HPARAMS = {
     "madpo_c_max": float, "madpo_c_min": float, "madpo_lambda": float, "madpo_tau": float,
     "tdpo_alpha": float, "tgdpo_alpha": float, "kto_reference_point": str,
     "ofs_alpha": float,  # OFS-DPO's regularizer weight (pojax.losses.online.ofs_dpo)
+    "tpo_published_sign": bool,  # TPO: the authors' code's outer sign (reproduction only; listwise.tpo)
 }
 RUNTIME_LOSS_ARGS = losses.RUNTIME_ARGS  # per-batch inputs of a loss (state, keys, data columns), not config keys
 
@@ -115,6 +117,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # tokenizer dir; "" = model.path
     c.data.tfds_dir = ""  # where upstream layouts are prepared as array_record; "" = ~/tensorflow_datasets
     c.data.skip_bad_rows = False  # skip (and count) invalid rows instead of stopping at the first
+    # what ends each completion, i.e. the scored window: eos = what the chat template writes after it (end of turn)
+    # or, for plain rows, EOS (TRL) | none = the completion's text alone (the ELBO-KTO authors'; empty ones dropped)
+    c.data.completion_end = "eos"  # eos | none
+    # unpaired training rows kept per label (the ELBO-KTO authors' --n_D / --n_U), each in [0, 1], not both 0
+    c.data.desirable_fraction = 1.0  # fraction of desirable rows trained on (floor, at least 1 when > 0); 1 = all
+    c.data.undesirable_fraction = 1.0  # fraction of undesirable rows trained on (floor, at least 1 when > 0); 1 = all
+    c.data.subsample_seed = 42  # seed of that row sample (Python's random; the authors' --sample_seed=42)
     c.data.gym = ml_collections.ConfigDict()  # the built-in gold-reward gym (data.format = "gym")
     c.data.gym.num_symbols = 16  # symbols of the gym's alphabet
     c.data.gym.prompt_len = 6  # prompt symbols
@@ -171,6 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.nan_policy = "skip"  # a non-finite loss or gradient: skip (drop the update) | stop (keep the last good checkpoint)
     c.train.export_final = True  # write the trained policy to workdir/final as HF safetensors (LoRA merged)
     c.train.overwrite = False  # a workdir holding a run with another config: delete its outputs and start afresh
+    # signals that mean "preempted soon": finish the step, checkpoint it, exit 75 (relaunch resumes); "" = off
+    c.train.preemption_signals = "SIGTERM,SIGUSR1"
+    c.train.step_timeout_s = 0.0  # > 0: no step done within this many seconds → thread stacks to stderr, exit 76
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis; -1 = the rest
@@ -186,6 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.coordinator_address = ""  # host:port of process 0; "" = auto-detect (TPU VMs, SLURM)
     c.distributed.num_processes = 0  # 0 = auto-detect
     c.distributed.process_id = -1  # -1 = auto-detect
+    c.distributed.initialization_timeout_s = 300  # wait at most this long for every process to join
+    c.distributed.heartbeat_timeout_s = 100  # a process silent this long is lost: the others exit non-zero
+    c.distributed.shutdown_timeout_s = 300  # at exit, wait at most this long for the other processes
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50  # steps between checkpoints
@@ -246,9 +261,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.online.lora_rank = 8  # rank of each module's adapters (pojax.models.lora targets)
     c.online.lora_alpha = 16.0  # and their scale numerator (scale = alpha / rank)
     # rto with reference.guide_path (RTO's PPO stage, arXiv 2404.18922; pojax.train.rto): token rewards
-    # r_t = loss.beta·log π_dpo/π_ref − rto_kl_coef·log π/π_ref (+ rto_seq_coef·online.reward on the last token)
-    c.online.rto_kl_coef = 0.05  # β₂ >= 0: per-token KL penalty of the policy at sampling time
-    c.online.rto_seq_coef = 0.0  # β₃ >= 0: weight of the sequence reward online.reward on the last token; 0 = off
+    # r_t = clip(rto_dpo_beta·log π_dpo/π_ref, ±rto_dpo_clip) − rto_kl_coef·log π/π_ref
+    #       + rto_seq_coef·clip((online.reward − rto_seq_mean)/rto_seq_std, ±rto_seq_clip) on the last token;
+    # the defaults are the authors' (zkshan2002/RTO, examples/scripts/train_rto_llama_8b.sh)
+    c.online.rto_dpo_beta = 0.05  # β₁ > 0: scale of the DPO token reward (their --dpo_reward_scale; not loss.beta)
+    c.online.rto_dpo_clip = 0.05  # c₁ >= 0: clip of the scaled DPO token reward to ±c₁ (their --dpo_reward_clip); 0 = off
+    c.online.rto_kl_coef = 0.01  # β₂ >= 0: per-token KL penalty of the policy at sampling time (their --init_kl_coef)
+    c.online.rto_seq_coef = 1.0  # β₃ >= 0: weight of the normalized sequence reward online.reward on the last token; 0 = off
+    c.online.rto_seq_mean = config_dict.placeholder(float)  # μ of the normalization; unset = measured (rto.sequence_reward_stats)
+    c.online.rto_seq_std = config_dict.placeholder(float)  # σ > 0 of the normalization; unset = measured likewise
+    c.online.rto_seq_clip = 10.0  # c₃ >= 0: clamp of the normalized sequence reward to ±c₃ (hard-coded 10 in their code); 0 = off
     c.online.gamma = 1.0  # GAE discount γ in [0, 1]
     c.online.gae_lambda = 0.95  # GAE λ in [0, 1]
     c.online.ppo_clip = 0.2  # PPO's ratio clip ε > 0
@@ -461,12 +483,18 @@ def _validate_online(config) -> None:
 
 
 def _validate_rto(config) -> None:
-    """RTO's PPO keys: coefficients >= 0, γ and λ in [0, 1], ε > 0, whole epochs per checkpoint."""
+    """RTO's PPO keys: coefficients and clips >= 0, β₁ and σ > 0, μ and σ set together, γ and λ
+    in [0, 1], ε > 0, whole epochs per checkpoint."""
     o = config.online
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    for key in ("rto_kl_coef", "rto_seq_coef", "value_coef"):
+    for key in ("rto_dpo_clip", "rto_kl_coef", "rto_seq_coef", "rto_seq_clip", "value_coef"):
         if not number(o[key]) or o[key] < 0:
             raise ConfigError(f"online.{key}", f"must be a number >= 0, got {o[key]!r}")
+    for key in ("rto_dpo_beta",) + (("rto_seq_std",) if o.rto_seq_std is not None else ()):
+        if not number(o[key]) or o[key] <= 0:
+            raise ConfigError(f"online.{key}", f"must be a positive number, got {o[key]!r}")
+    if (o.rto_seq_mean is None) != (o.rto_seq_std is None):
+        raise ConfigError("online.rto_seq_mean", "set rto_seq_mean and rto_seq_std together, or neither (= measured)")
     for key in ("gamma", "gae_lambda"):
         if not number(o[key]) or not 0 <= o[key] <= 1:
             raise ConfigError(f"online.{key}", f"must be in [0, 1], got {o[key]!r}")
@@ -488,6 +516,39 @@ def _validate_ofs(config) -> None:
     _positive(config, "online.lora_rank")
     if isinstance(o.swap_every, bool) or not isinstance(o.swap_every, int) or o.swap_every < 0:
         raise ConfigError("online.swap_every", f"must be an integer >= 0 (0 = never swap), got {o.swap_every!r}")
+
+
+def _validate_resilience(config) -> None:
+    """Preemption signals, the step watchdog and jax.distributed's timeouts."""
+    from pojax.train.preemption import parse_signals
+
+    try:
+        parse_signals(config.train.preemption_signals)
+    except ValueError as e:
+        raise ConfigError("train.preemption_signals", f"{config.train.preemption_signals!r}: {e}") from None
+    timeout = config.train.step_timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ConfigError("train.step_timeout_s", f"must be a number of seconds >= 0 (0 = off), got {timeout!r}")
+    for key in ("initialization_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
+        value = config.distributed[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+            raise ConfigError(f"distributed.{key}", f"must be a number of seconds >= 1, got {value!r}")
+
+
+def _validate_subsample(config) -> None:
+    """data.completion_end's values; data.desirable_fraction / undesirable_fraction in [0, 1], not
+    both 0, and below 1 only for unpaired training rows (an unpaired loss)."""
+    d = config.data
+    _one_of(config, "data.completion_end", COMPLETION_ENDS)
+    fractions = {k: d.get(k, 1.0) for k in ("desirable_fraction", "undesirable_fraction")}
+    for key, f in fractions.items():
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+            raise ConfigError(f"data.{key}", f"must be a number in [0, 1] (1 = every row of that label), got {f!r}")
+    if all(f == 0 for f in fractions.values()):
+        raise ConfigError("data.desirable_fraction", "0 with data.undesirable_fraction=0 leaves no row to train on")
+    if any(f < 1 for f in fractions.values()) and losses.input_kind(config.loss.name) != "unpaired":
+        raise ConfigError("data.desirable_fraction", f"below 1 subsamples the desirable / undesirable rows of an "
+                          f"unpaired loss (kto, bco, ...), not of loss {config.loss.name!r}; set both fractions to 1")
 
 
 def validate(config) -> None:
@@ -514,6 +575,7 @@ def validate(config) -> None:
     _one_of(config, "reference.mode", REFERENCE_MODES)
     _one_of(config, "checkpoint.best_mode", ("min", "max"))
     _one_of(config, "train.nan_policy", ("skip", "stop"))
+    _validate_resilience(config)
     from pojax.models.config import REMAT_POLICIES
 
     _one_of(config, "model.remat", REMAT_POLICIES)
@@ -550,6 +612,7 @@ def validate(config) -> None:
     if [config.mesh[a] for a in ("data", "fsdp", "expert", "tensor")].count(-1) > 1:
         raise ConfigError("mesh", "at most one axis may be -1")
     validate_loss(config)
+    _validate_subsample(config)
     _validate_ref_sync(config)
     if is_online(config):
         _validate_online(config)

@@ -16,11 +16,19 @@ import jax
 
 def initialize_kwargs(config) -> dict:
     """jax.distributed.initialize's arguments from config.distributed: "" / 0 / -1 = None
-    (JAX auto-detects)."""
+    (JAX auto-detects); the timeouts in whole seconds.
+
+    ``heartbeat_timeout_s`` bounds how long the others run on after one process is lost (killed,
+    its host gone): JAX's coordination service then reports the lost process by its task
+    number and ends every survivor with a non-zero status, where they would otherwise wait in a
+    collective forever; the launcher restarts the job from the last checkpoint."""
     d = config.distributed
     return dict(coordinator_address=d.coordinator_address or None,
                 num_processes=d.num_processes if d.num_processes > 0 else None,
-                process_id=d.process_id if d.process_id >= 0 else None)
+                process_id=d.process_id if d.process_id >= 0 else None,
+                initialization_timeout=int(d.initialization_timeout_s),
+                heartbeat_timeout_seconds=int(d.heartbeat_timeout_s),
+                shutdown_timeout_seconds=int(d.shutdown_timeout_s))
 
 
 def _cpu_platform() -> bool:

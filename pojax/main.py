@@ -6,6 +6,13 @@ on an existing workdir, that the stored config.json allows resuming (pojax.prefl
 mistake exits with status 2 and one line on stderr naming the key, before a model is built.
 Then it writes ``DIR/config.json``, dispatches the task from ``TASK_RUNNERS`` and says where the
 outputs went.
+
+Exit status: 0 done; 2 bad input (config key, path, data row, checkpoint); 3 a non-finite step
+with ``train.nan_policy=stop``; 74 a checkpoint could not be written (the previous one stays the
+latest); 75 preempted (SIGTERM / SIGUSR1: the step was checkpointed, relaunch to resume; the
+launchers in experiments/backends requeue it); 76 the step watchdog (``train.step_timeout_s``)
+found a step stuck. A process lost from a multi-host run ends the others through jax.distributed
+(``distributed.heartbeat_timeout_s``) with a non-zero status of JAX's.
 """
 from __future__ import annotations
 
@@ -127,16 +134,30 @@ def main(argv) -> int:
         logging.warning("config is valid; task %r is not implemented yet, so nothing was run", config.task)
         print(f"pojax: config valid; task {config.task!r} is not implemented yet")
         return 0
+    from pojax.train import preemption
+    from pojax.train.checkpoint import EXIT_CHECKPOINT_WRITE, CheckpointWriteError
     from pojax.train.step import NonFiniteError
 
     try:
-        results = runner(config, workdir)
+        with preemption.notice(config.train.preemption_signals if config.task in preflight.TRAINING_TASKS else ""):
+            results = runner(config, workdir)
+    except preemption.Preempted as e:  # SIGTERM / SIGUSR1: this step is checkpointed; relaunching resumes it
+        if config.logging.wandb:
+            from pojax.train import wandb_log
+
+            wandb_log.finish(workdir)
+        if lead:
+            print(f"pojax: {e}", file=sys.stderr)
+        return preemption.EXIT_PREEMPTED
     except _user_errors() as e:  # bad config, path, data or checkpoint: one line naming key / file, row, field
         print(f"pojax: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:  # train.nan_policy = "stop": the last good checkpoint is the latest
         print(f"pojax: {e}", file=sys.stderr)
         return 3
+    except CheckpointWriteError as e:  # storage fault: the previous checkpoint stays the latest
+        print(f"pojax: {e}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE
     if config.logging.wandb:
         from pojax.train import wandb_log
 

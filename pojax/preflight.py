@@ -24,7 +24,8 @@ TRAINING_TASKS = ("train", "sft", "pretrain", "diffpo")
 # evaluated, how it is laid out on devices (checkpoints move between meshes) and how the
 # arithmetic is tiled. Everything else must equal the stored config.json for a run to resume.
 RESUMABLE_PREFIXES = ("logging.", "export.", "distributed.", "mesh.", "checkpoint.", "eval.")
-RESUMABLE_KEYS = ("train.overwrite", "train.nan_policy", "train.export_final", "likelihood.chunk_size",
+RESUMABLE_KEYS = ("train.overwrite", "train.nan_policy", "train.export_final", "train.preemption_signals",
+                  "train.step_timeout_s", "likelihood.chunk_size",
                   "likelihood.vocab_chunk_size", "model.remat", "data.tfds_dir")
 NOT_RESUMABLE_KEYS = ("eval.num_examples",)  # under eval., but it picks the held-out rows
 

@@ -43,6 +43,15 @@ LONG_FIRST = (
 )
 
 
+def pytest_configure(config):
+    """Under xdist (``-n 2``), hand out whole test files (``--dist loadfile``) instead of single
+    tests: a module-scoped fixture (an uninterrupted training run, a 2-process run, a golden
+    model) then runs once per run, not once per worker that draws one of its tests. Files go out in
+    collection order, LONG_FIRST first."""
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {path: i for i, path in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_FIRST)))

@@ -196,3 +196,29 @@ def test_a_mesh_that_does_not_fit_the_devices_names_its_key_before_compiling():
     config.mesh.data, config.mesh.fsdp = -1, 3  # the key the user set, not the one that takes the rest
     with pytest.raises(ConfigError, match="config key mesh.fsdp: mesh.fsdp=3: 8 device"):
         mesh_and_rules(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.completion_end": "eot"}, "config key data.completion_end: 'eot' is not one of eos, none"),
+        ({"loss.name": "kto", "data.desirable_fraction": 1.5},
+         r"config key data.desirable_fraction: must be a number in \[0, 1\] \(1 = every row of that label\), got 1.5"),
+        ({"loss.name": "kto", "data.undesirable_fraction": -0.1},
+         r"config key data.undesirable_fraction: must be a number in \[0, 1\]"),
+        ({"loss.name": "kto", "data.desirable_fraction": 0.0, "data.undesirable_fraction": 0.0},
+         "config key data.desirable_fraction: 0 with data.undesirable_fraction=0 leaves no row to train on"),
+        ({"data.desirable_fraction": 0.5}, "config key data.desirable_fraction: below 1 subsamples the desirable / "
+                                           "undesirable rows of an unpaired loss .*, not of loss 'sigmoid'"),
+    ],
+)
+def test_completion_end_and_label_fractions_name_their_key(overrides, message):
+    config = base_config()
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+    ok = base_config()  # the ELBO-KTO authors' n_D / n_U on an unpaired loss validate
+    ok.loss.name, ok.data.desirable_fraction, ok.data.undesirable_fraction = "kto", 0.1, 0.0
+    validate(ok)

@@ -1,8 +1,10 @@
 """The local backend: each run is a ``python -m pojax.main`` subprocess, N at a time.
 
 Resumable: a run whose workdir holds results.json is skipped; any other run is started, and
-pojax resumes a killed one from its latest checkpoint in the same workdir. Each run's stdout and
-stderr go to <run>/log.txt (appended, so a resumed run keeps the earlier attempt's log).
+pojax resumes a killed one from its latest checkpoint in the same workdir. A run that stops to
+be relaunched (``restartable``: preempted, exit 75, or stopped by the step watchdog, exit 76) is
+started again, up to ``max_restarts`` times. Each run's stdout and stderr go to <run>/log.txt
+(appended, so a resumed run keeps the earlier attempt's log).
 """
 from __future__ import annotations
 
@@ -12,8 +14,17 @@ import sys
 import time
 
 from experiments import sweeps
+from pojax.train.preemption import EXIT_PREEMPTED, EXIT_STUCK
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
+
+
+def restartable(rc: int) -> bool:
+    """Whether a run that ended with status ``rc`` should be launched again to resume: it was
+    preempted (75; its last step is checkpointed) or its step watchdog fired (76; it resumes from
+    the latest checkpoint). Not a finished run (0), bad input (2), a non-finite stop (3) or a
+    checkpoint that could not be written (74): those need a person."""
+    return rc in (EXIT_PREEMPTED, EXIT_STUCK)
 
 
 def finished(workdir: str) -> bool:
@@ -34,12 +45,15 @@ def _elapsed(seconds: float) -> str:
 def status_table(rows: list, now: float) -> str:
     """Plain-text table: one line per run (name, state, elapsed, return code) and a count line.
 
-    ``rows``: dicts with name, state, start (time or None), end (time or None), rc (or None)."""
+    ``rows``: dicts with name, state, start (time or None), end (time or None), rc (or None) and
+    optionally restarts (relaunches so far, shown after the rc as "+N")."""
     width = max([len(r["name"]) for r in rows] + [3])
     lines = [f"{'run':<{width}}  {'state':<8}  {'elapsed':>8}  rc"]
     for r in rows:
         t = "" if r["start"] is None else _elapsed((r["end"] or now) - r["start"])
-        lines.append(f"{r['name']:<{width}}  {r['state']:<8}  {t:>8}  {'' if r['rc'] is None else r['rc']}")
+        rc = "" if r["rc"] is None else str(r["rc"])
+        rc += f" +{r['restarts']}" if r.get("restarts") else ""
+        lines.append(f"{r['name']:<{width}}  {r['state']:<8}  {t:>8}  {rc}".rstrip())
     counts = {s: sum(r["state"] == s for r in rows) for s in (PENDING, RUNNING, DONE, FAILED, SKIPPED)}
     lines.append("  ".join(f"{k}={v}" for k, v in counts.items()))
     return "\n".join(lines)
@@ -69,11 +83,12 @@ class _Printer:
 
 
 def run_local(sweep, runs: list, root: str, *, parallel: int = 1, python: str = sys.executable, env=None,
-              poll: float = 0.5, refresh: float = 30.0, stream=sys.stdout) -> dict:
+              poll: float = 0.5, refresh: float = 30.0, stream=sys.stdout, max_restarts: int = 10) -> dict:
     """Runs ``runs`` under ``root``/<run name>, ``parallel`` at a time; returns {name: state}.
-    Failed runs are listed at the end with their log path."""
-    rows = [{"name": r.name, "run": r, "state": PENDING, "start": None, "end": None, "rc": None, "proc": None}
-            for r in runs]
+    A run ending ``restartable`` is started again (at most ``max_restarts`` times). Failed runs
+    are listed at the end with their log path."""
+    rows = [{"name": r.name, "run": r, "state": PENDING, "start": None, "end": None, "rc": None, "proc": None,
+             "restarts": 0} for r in runs]
     for row in rows:
         if finished(os.path.join(root, row["name"])):
             row["state"] = SKIPPED
@@ -86,6 +101,9 @@ def run_local(sweep, runs: list, root: str, *, parallel: int = 1, python: str = 
                     row["rc"], row["end"] = row["proc"].returncode, time.time()
                     row["state"] = DONE if row["rc"] == 0 else FAILED
                     row["log"].close()
+                    if restartable(row["rc"]) and row["restarts"] < max_restarts:
+                        row["state"] = PENDING  # relaunch: pojax resumes from the checkpoint it wrote
+                        row["restarts"] += 1
                     changed = True
             for row in rows:  # start
                 if sum(r["state"] == RUNNING for r in rows) >= parallel:

@@ -10,6 +10,10 @@ Steps (each an argv list; ``--dry-run`` prints them shell-quoted as one bash scr
      finds the coordinator, process count and id from the TPU metadata. Workdirs (checkpoints,
      metrics, results) are under the sweep's ``gcs`` path; each host's console log is copied
      next to them (``log.host<i>.txt``).
+  4. a run whose hosts stop to be relaunched (a maintenance event's SIGTERM: pojax checkpoints
+     the step and exits 75; the step watchdog: 76; or a lost host, after which the others exit
+     non-zero through jax.distributed's heartbeat timeout) is started again on every host, up
+     to ``MAX_RESTARTS`` times, and resumes from its latest checkpoint (``relaunch``).
 
 Hosts per slice: a v5p-N slice has N TensorCores, 2 per chip and 4 chips per host, so N / 8
 hosts (v5p-64 = 2x4x4 = 32 chips = 8 hosts; https://cloud.google.com/tpu/docs/v5p-training,
@@ -23,7 +27,10 @@ import shlex
 import subprocess
 
 from experiments import sweeps
+from pojax.train.preemption import EXIT_PREEMPTED, EXIT_STUCK
 
+MAX_RESTARTS = 10  # relaunches of one run after preemption, a stuck step or a lost host
+NEEDS_A_PERSON = (2, 3, 74)  # bad input, non-finite stop (nan_policy=stop), checkpoint write failed
 REMOTE_DIR = "~/pojax"  # the project's copy on every worker (relative to the ssh user's home)
 TARBALL = "/tmp/pojax-src.tgz"  # the working tree, packed locally and copied to every worker
 
@@ -93,16 +100,30 @@ def run_commands(sweep, run) -> list:
     return [tpu + [f"--worker={i}", f"--command={host_command(sweep, run, i)}"] for i in range(hosts(sweep.slice))]
 
 
+def relaunch(statuses: list) -> bool:
+    """Whether a run whose hosts exited with ``statuses`` should start again on every host: not
+    all finished, and no host stopped on something a relaunch cannot fix (``NEEDS_A_PERSON``).
+    That covers preemption (75), the step watchdog (76) and the survivors of a lost host."""
+    return any(statuses) and not any(rc in NEEDS_A_PERSON for rc in statuses)
+
+
 def script(sweep, runs: list) -> str:
     """The whole launch as a bash script (what --dry-run prints)."""
     describe, create, pack, scp, install = setup_commands(sweep)
     lines = ["#!/bin/bash", f"# sweep {sweep.name}: {len(runs)} runs on {sweep.slice} ({hosts(sweep.slice)} hosts)",
              "set -u", f"{shlex.join(describe)} >/dev/null 2>&1 || {shlex.join(create)}",
              shlex.join(pack), shlex.join(scp), shlex.join(install)]
+    person = " ".join(str(rc) for rc in NEEDS_A_PERSON)
     for run in runs:
-        lines.append(f"# run {run.name} -> {run_workdir(sweep, run)}")
-        lines += [shlex.join(c) + " &" for c in run_commands(sweep, run)]
-        lines.append("wait")
+        lines.append(f"# run {run.name} -> {run_workdir(sweep, run)}: relaunched (it resumes) after "
+                     f"{EXIT_PREEMPTED} (preempted), {EXIT_STUCK} (stuck step) or a lost host")
+        lines.append(f"for try in $(seq 0 {MAX_RESTARTS}); do")
+        lines.append("  pids=()")
+        lines += [f"  {shlex.join(c)} & pids+=($!)" for c in run_commands(sweep, run)]
+        lines.append("  again=0; fail=0; for p in \"${pids[@]}\"; do wait \"$p\"; rc=$?; "
+                     f"[ $rc -ne 0 ] && again=1; case \" {person} \" in *\" $rc \"*) fail=1;; esac; done")
+        lines.append("  [ $again -eq 1 ] && [ $fail -eq 0 ] || break")
+        lines.append("done")
     return "\n".join(lines) + "\n"
 
 
@@ -117,8 +138,13 @@ def launch(sweep, runs: list, *, dry_run: bool, stream) -> int:
         subprocess.run(c, check=True)
     failed = []
     for run in runs:
-        procs = [subprocess.Popen(c) for c in run_commands(sweep, run)]
-        if any(p.wait() != 0 for p in procs):
+        for attempt in range(MAX_RESTARTS + 1):
+            procs = [subprocess.Popen(c) for c in run_commands(sweep, run)]
+            statuses = [p.wait() for p in procs]
+            if not relaunch(statuses) or attempt == MAX_RESTARTS:
+                break
+            stream.write(f"# {run.name}: host exit statuses {statuses}; relaunching to resume\n")
+        if any(statuses):
             failed.append(run.name)
             stream.write(f"FAILED {run.name}: see {run_workdir(sweep, run)}/log.host*.txt\n")
     return 1 if failed else 0

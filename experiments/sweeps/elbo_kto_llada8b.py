@@ -1,6 +1,6 @@
 """ELBO-KTO on LLaDA-8B-Instruct (the seed paper's setting), on a v5p-64 TPU VM: KTO on Monte
-Carlo ELBOs (K = 8, l-stratified, draws shared by policy and reference; configs/elbo_kto.py has
-the authors' hyperparameters), on kto-mix-14k (unpaired) and on UltraFeedback-binarized (its pairs
+Carlo ELBOs (K = 8, each l uniform on 1..L as the authors draw it, draws shared by policy and
+reference; configs/elbo_kto.py has the authors' settings), on kto-mix-14k (unpaired) and on UltraFeedback-binarized (its pairs
 unpaired into desirable / undesirable completions, as TRL's unpair_preference_dataset does),
 β ∈ {0.1, 0.5}; logs and checkpoints under the gs:// root below.
 

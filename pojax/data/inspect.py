@@ -73,11 +73,12 @@ def render(tokenizer, prompt: np.ndarray, completion: np.ndarray, padding: int, 
 
 
 def encode_kwargs(config) -> dict:
-    """The keywords pojax.train.data passes to ``tokenize.encode``: the config's limits and chat
-    template mode."""
+    """The keywords pojax.train.data passes to ``tokenize.encode``: the config's limits, chat
+    template mode and completion end."""
     d = config.data
     return dict(max_prompt_length=d.max_prompt_length, max_completion_length=d.max_completion_length,
-                max_length=d.max_length, truncation_mode=d.truncation_mode, chat_template=d.chat_template)
+                max_length=d.max_length, truncation_mode=d.truncation_mode, chat_template=d.chat_template,
+                completion_end=d.get("completion_end", "eos"))
 
 
 def file_rows(config) -> tuple[str, list[dict], list[dict] | None]:
@@ -109,7 +110,8 @@ def statistics(rows: list[dict], fmt: str, tokenizer, config) -> dict:
     try:
         arrays = tokenize.encode(rows, fmt, tokenizer, **encode_kwargs(config), report=report)
         full = [[(len(p), len(c)) for c in cs] for p, cs in
-                (tokenize.sequences(tokenizer, row, tokenize.completions_of(row, fmt), config.data.chat_template)
+                (tokenize.sequences(tokenizer, row, tokenize.completions_of(row, fmt), config.data.chat_template,
+                                    config.data.get("completion_end", "eos"))
                  for row in rows)]
     except ConfigError:
         raise

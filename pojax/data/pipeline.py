@@ -17,6 +17,7 @@ and the iterator's state (``iterator_state`` / ``restore_iterator``, or grain's 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,46 @@ def split_eval(rows: dict, n_eval: int) -> tuple[dict, dict | None]:
     if n_eval <= 0 or n <= 2 * n_eval:
         return rows, None
     return {k: v[:-n_eval] for k, v in rows.items()}, {k: v[-n_eval:] for k, v in rows.items()}
+
+
+def label_subsample(label_N, desirable_fraction: float, undesirable_fraction: float, seed: int) -> np.ndarray:
+    """Indices of the unpaired rows kept when only a fraction of each label is trained on: the
+    ELBO-KTO authors' ``--n_D`` / ``--n_U`` (their train.py, after the rows without a response
+    are dropped, before training), here in the authors' own order of draws so that the same rows
+    in the same order give the same subset.
+
+    Of the N_D desirable rows ⌊N_D · desirable_fraction⌋ are kept (at least 1 when the fraction
+    is > 0 and N_D > 0), likewise the undesirable ones; the kept rows of each label are a uniform
+    sample without replacement, drawn by one ``random.Random(seed)`` (Python's Mersenne Twister,
+    ``sample`` of the desirable indices first, then of the undesirable ones, each list in row
+    order), so ``seed`` = their ``--sample_seed`` (42) reproduces their subset.
+
+    Args:
+      label_N: [N] bool, True for a desirable row.
+      desirable_fraction, undesirable_fraction: in [0, 1], not both 0; 1 keeps every row of
+        that label.
+      seed: the sampling seed.
+    Returns:
+      [M] int64, the kept row indices in increasing order (row order is preserved).
+    Raises:
+      ValueError: a fraction outside [0, 1], or both 0.
+    """
+    for name, f in (("desirable_fraction", desirable_fraction), ("undesirable_fraction", undesirable_fraction)):
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {f}")
+    if desirable_fraction == 0.0 and undesirable_fraction == 0.0:
+        raise ValueError("desirable_fraction and undesirable_fraction cannot both be 0: no row would be left")
+    label = np.asarray(label_N, bool)
+    if desirable_fraction == 1.0 and undesirable_fraction == 1.0:
+        return np.arange(len(label), dtype=np.int64)
+    rng = random.Random(seed)  # the authors' generator (not numpy's), for their exact subset
+    kept = []
+    for idx, f in ((np.flatnonzero(label), desirable_fraction), (np.flatnonzero(~label), undesirable_fraction)):
+        n = int(len(idx) * f)
+        if n == 0 and f > 0 and len(idx):
+            n = 1
+        kept += rng.sample(idx.tolist(), n) if n else []
+    return np.asarray(sorted(kept), np.int64)
 
 
 def curriculum_order(score_gap_N, seed: int) -> np.ndarray:

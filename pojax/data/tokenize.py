@@ -11,6 +11,12 @@ Rendering (``data.chat_template``: auto | yes | no):
   standard rows (plain strings): the prompt is ``tokenizer(prompt)`` (the tokenizer's own special
       tokens, e.g. BOS), each completion ``tokenizer(prompt + completion + eos_token)`` (EOS as
       text, appended unless the completion already ends with it).
+  ``data.completion_end`` = ``none`` (the ELBO-KTO authors' data_utils.build_example): nothing
+      follows the completion's text — no end of turn, no EOS — so the response window is the
+      completion alone: the prompt is rendered as text (template with the generation prompt, or
+      the prompt text), and each completion is the tokens of that text + the raw completion text
+      (not trimmed) past the prompt; templated text gets no added special tokens (the template
+      writes BOS). Rows whose completion is then empty are dropped. ``eos`` (default) is TRL's.
   The completion starts where the prompt ids and *every* prompt + completion ids diverge (TRL's
   ``common_prefix_length``, the minimum over the row's completions): a template that renders the
   prompt differently alone, or a token that merges across the boundary, moves it earlier, and
@@ -44,6 +50,7 @@ from absl import logging
 
 CHAT_TEMPLATE_MODES = ("auto", "yes", "no")
 TRUNCATION_MODES = ("keep_start", "keep_end")
+COMPLETION_ENDS = ("eos", "none")  # data.completion_end
 
 
 def use_chat_template(tokenizer, mode: str) -> bool:
@@ -134,10 +141,35 @@ def text_of(completion) -> str:
 _warned = False
 
 
-def sequences(tokenizer, row: dict, completions: list, mode="auto") -> tuple[list[int], list[list[int]]]:
-    """(prompt ids, [completion ids, …]) of one row, untruncated (module docstring)."""
+def _unterminated(tokenizer, row: dict, completions: list, templ: bool) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, full ids) with nothing after each completion's text: the prompt as text (the
+    chat template with the generation prompt, or the prompt text), then tokens of that text + the
+    completion's raw text (untrimmed), no special tokens added (data.completion_end = none)."""
     prefix = row.get("prefix") or ""
-    if templated(row, mode):
+    if templ:
+        prompt, kw = prompt_messages(row), template_kwargs(row)
+        if prefix:
+            text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": prefix}], tokenize=False,
+                                                 continue_final_message=True, **kw)
+        else:
+            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **kw)
+        ids = lambda t: list(tokenizer(t, add_special_tokens=False)["input_ids"])
+    else:  # the tokenizer's own special tokens (BOS) lead the sequence, as in the default mode
+        text = prompt_text(row) + prefix
+        ids = lambda t: list(tokenizer(t)["input_ids"])
+    return ids(text), [ids(text + text_of(c)) for c in completions]
+
+
+def sequences(tokenizer, row: dict, completions: list, mode="auto",
+              completion_end: str = "eos") -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, [completion ids, …]) of one row, untruncated (module docstring)."""
+    if completion_end not in COMPLETION_ENDS:
+        raise ValueError(f"config key data.completion_end: {completion_end!r} is not one of "
+                         f"{', '.join(COMPLETION_ENDS)}")
+    prefix = row.get("prefix") or ""
+    if completion_end == "none":
+        p, fulls = _unterminated(tokenizer, row, completions, templated(row, mode))
+    elif templated(row, mode):
         prompt = prompt_messages(row)
         if prefix:
             p = _render(tokenizer, prompt + [{"role": "assistant", "content": prefix}], row, continue_final_message=True)
@@ -253,7 +285,7 @@ def _place(p: list[int], c: list[int], width: int, pad: int):
 
 def encode(rows: list[dict], fmt: str, tokenizer, *, max_prompt_length: int, max_completion_length: int,
            max_length: int = 0, truncation_mode: str = "keep_start", chat_template: str = "auto",
-           report: dict | None = None) -> dict:
+           completion_end: str = "eos", report: dict | None = None) -> dict:
     """Batch-ready arrays, T = ``row_width(max_prompt_length, max_completion_length, max_length)``:
 
       paired, step  chosen_ids / rejected_ids [N, T] int32, chosen_mask / rejected_mask [N, T] bool
@@ -263,9 +295,11 @@ def encode(rows: list[dict], fmt: str, tokenizer, *, max_prompt_length: int, max
                     float32, rank_mask [N, K] bool; K = the most completions of any row, the
                     missing ones all padding with score 0 and rank_mask False
 
-    N counts the rows kept: rows whose prompt fills max_length are dropped (module docstring);
-    ``report``, when given, gets ``dropped_rows`` (their count) and ``kept_index`` [N] int (the
-    index in ``rows`` of each kept row). A ConfigError when every row is dropped.
+    N counts the rows kept: rows whose prompt fills max_length are dropped (module docstring), and
+    with ``completion_end="none"`` rows with an empty completion (nothing to score; the ELBO-KTO
+    authors drop them too); ``report``, when given, gets ``dropped_rows`` (their count) and
+    ``kept_index`` [N] int (the index in ``rows`` of each kept row). A ConfigError when every row
+    is dropped.
     """
     check_template(tokenizer, rows, chat_template)
     width = row_width(max_prompt_length, max_completion_length, max_length)
@@ -273,18 +307,22 @@ def encode(rows: list[dict], fmt: str, tokenizer, *, max_prompt_length: int, max
                max_length=max_length, truncation_mode=truncation_mode)
     pad = pad_id(tokenizer)
     cols: dict[str, list] = {}
-    kept = []
+    kept, empty = [], 0
     k = max((len(r["completions"]) for r in rows), default=0) if fmt == "ranked" else 0
     for i, row in enumerate(rows):
         comps = completions_of(row, fmt)
         if fmt == "ranked" and len(row["scores"]) != len(row["completions"]):
             raise ValueError(f"encode: ranked row {i} has {len(row['completions'])} completions and "
                              f"{len(row['scores'])} scores")
-        p, cs = sequences(tokenizer, row, comps, chat_template)
+        p, cs = sequences(tokenizer, row, comps, chat_template, completion_end)
         if _dropped(p, always=fmt == "unpaired", **lim):
             continue
+        cut = [truncate(p, c, **lim) for c in cs]
+        if completion_end == "none" and not all(c for _, c in cut):
+            empty += 1
+            continue
         kept.append(i)
-        placed = [_place(*truncate(p, c, **lim), width, pad) for c in cs]
+        placed = [_place(*pc, width, pad) for pc in cut]
         if fmt in ("paired", "step"):
             for side, (ids, mask) in zip(("chosen", "rejected"), placed):
                 cols.setdefault(f"{side}_ids", []).append(ids)
@@ -304,9 +342,17 @@ def encode(rows: list[dict], fmt: str, tokenizer, *, max_prompt_length: int, max
     if report is not None:
         report["dropped_rows"] = report.get("dropped_rows", 0) + dropped
         report["kept_index"] = np.asarray(kept, np.int64)
-    if dropped:
+    if dropped - empty:
         logging.warning("dropped %d of %d rows whose prompt alone fills data.max_length=%d (as TRL drops them)",
-                        dropped, len(rows), max_length)
+                        dropped - empty, len(rows), max_length)
+    if empty:
+        logging.warning("dropped %d of %d rows with an empty completion (data.completion_end=none leaves nothing to "
+                        "score; the ELBO-KTO authors drop them too)", empty, len(rows))
+    if rows and not kept and empty:
+        from pojax.config import ConfigError
+
+        raise ConfigError("data.completion_end", f"'none': every one of the {len(rows)} rows was dropped ({empty} "
+                          "with an empty completion, the rest with a prompt that fills data.max_length)")
     if rows and not kept:
         from pojax.config import ConfigError
 
@@ -316,8 +362,8 @@ def encode(rows: list[dict], fmt: str, tokenizer, *, max_prompt_length: int, max
 
 
 def pair_token_lists(rows: list[dict], tokenizer, *, max_prompt_length: int, max_completion_length: int,
-                     max_length: int = 0, truncation_mode: str = "keep_start",
-                     chat_template: str = "auto") -> list[tuple[list[int], list[int], list[int]]]:
+                     max_length: int = 0, truncation_mode: str = "keep_start", chat_template: str = "auto",
+                     completion_end: str = "eos") -> list[tuple[list[int], list[int], list[int]]]:
     """(prompt ids, chosen ids, rejected ids) of each kept paired or step row, unpadded, truncated
     and dropped as ``encode`` does (the prefix of a step row is part of the prompt): the input of
     ``pojax.data.packing``. With keep_end truncation the two sides may keep different prompt
@@ -328,7 +374,7 @@ def pair_token_lists(rows: list[dict], tokenizer, *, max_prompt_length: int, max
     out = []
     for row in rows:
         p, (c, r) = sequences(tokenizer, row, completions_of(row, "step" if row.get("prefix") else "paired"),
-                              chat_template)
+                              chat_template, completion_end)
         if _dropped(p, **lim):
             continue
         prompt, chosen = truncate(p, c, **lim)

@@ -7,8 +7,15 @@ iteration (pojax.diffpo.jacobi). The aligner never sees the base model, so it is
 by construction.
 
 With no step cap (``max_steps=None``) a causal aligner's fixed point is its own greedy decode of
-the prompt, whatever the base response; the base response matters through small step budgets k,
-which is where DiffPO's speed comes from (k parallel passes instead of N sequential ones).
+the prompt and the reserved prefix; the base response matters through small step budgets k,
+which is where DiffPO's speed comes from (k parallel passes instead of N sequential ones), and
+through the reserved prefix at any k.
+
+Reserved prefix (the authors' inference, zjuruizhechen/DiffPO ``gen_DiffuPO_answer.py``): each
+answer's first r tokens are appended to the prompt and kept verbatim, r drawn per answer uniformly
+from 0 … ``--reserve_tokens`` (12) inclusive, so the converged answer continues the base answer's
+opening. ``draw_reserved_prefix`` makes those draws, seeded (theirs come from Python's unseeded
+``random.randint``); ``refine(..., reserved_prefix=draws)`` keeps them.
 
 Shapes are static per call: rows are [prompt (left-aligned) | block_size slots | padding] with the
 prompt width rounded up to a multiple of ``width_multiple`` and the batch padded to
@@ -33,9 +40,22 @@ def _encode(tokenizer, texts, *, special: bool):
     return [np.asarray(tokenizer.encode(t, add_special_tokens=special), np.int64) for t in texts]
 
 
+def draw_reserved_prefix(num: int, reserve_tokens: int, seed: int) -> np.ndarray:
+    """The authors' reserved-prefix lengths: [num] int64, each uniform on 0 … reserve_tokens
+    (both ends included, as Python's ``random.randint(0, reserve_tokens)``), one per answer, from
+    ``np.random.default_rng(seed)`` (same seed, same draws).
+
+    Raises:
+      ValueError: reserve_tokens < 0.
+    """
+    if reserve_tokens < 0:
+        raise ValueError(f"diffpo: reserve_tokens must be >= 0, got {reserve_tokens}")
+    return np.random.default_rng(seed).integers(0, int(reserve_tokens), size=int(num), endpoint=True)
+
+
 def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, max_steps: int | None,
            block_size: int | None = None, eos_id: int | None = None, pad_id: int | None = None,
-           on_overflow: str = "error", reserved_prefix: int = 0, batch_size: int = 16,
+           on_overflow: str = "error", reserved_prefix: int | Sequence[int] = 0, batch_size: int = 16,
            width_multiple: int = 16, return_stats: bool = False, temperature: float = 0.0, key=None,
            prefix_cache: bool = False):
     """Refines ``base_responses`` to ``prompts`` with the aligner by Jacobi iteration.
@@ -58,8 +78,11 @@ def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, m
         block: block b is refined after the prompt and the refined blocks before it, with the
         base response's tokens b·N … (b+1)·N − 1 as its guess, until the base response is used
         up or EOS; a row's stats add up over its blocks).
-      reserved_prefix: the first tokens of each base response kept as they are (appended to the
-        prompt, never refined; returned at the start of the response).
+      reserved_prefix: how many first tokens of each base response are kept as they are
+        (appended to the prompt, never refined; returned at the start of the response): one count
+        for every row, or B counts (``draw_reserved_prefix``: the authors' random 0 … 12). A base
+        response shorter than its count is kept whole and the aligner continues after it. The
+        block_size slots come after the reserved tokens (as the authors' 256 tokens do).
       batch_size: rows per compiled call (the last call is padded with copies of a row).
       width_multiple: prompt widths are rounded up to a multiple of this (fewer compilations).
       return_stats: also return {"updates", "forward_passes", "converged"} per response.
@@ -98,28 +121,32 @@ def refine(aligner, tokenizer, prompts: Sequence, base_responses: Sequence, *, m
         for what, ids in (("prompt", p), ("base response", r)):
             if ids.size and (ids.min() < 0 or ids.max() >= vocab):
                 raise ValueError(f"diffpo.refine: {what} {i} has token ids outside the aligner's vocabulary [0, {vocab})")
-    n = block_size if block_size is not None else max(1, max((r.size - reserved_prefix for r in r_ids), default=1))
-    if reserved_prefix < 0:
-        raise ValueError(f"diffpo.refine: reserved_prefix must be >= 0, got {reserved_prefix}")
-    for i, r in enumerate(r_ids):
-        if r.size - reserved_prefix > n and on_overflow == "error":
-            raise ValueError(f"diffpo.refine: base response {i} has {r.size} tokens, more than block_size={n}; "
-                             "raise block_size or pass on_overflow='truncate' or 'blocks'")
+    res = np.asarray(reserved_prefix, np.int64)
+    res = np.full(len(r_ids), res) if res.ndim == 0 else res
+    if res.shape != (len(r_ids),):
+        raise ValueError(f"diffpo.refine: reserved_prefix has shape {res.shape}, not ({len(r_ids)},): one count per "
+                         "base response")
+    if res.size and res.min() < 0:
+        raise ValueError(f"diffpo.refine: reserved_prefix must be >= 0, got {int(res.min())}")
+    n = block_size if block_size is not None else max(1, max((r.size - k for r, k in zip(r_ids, res)), default=1))
+    for i, (r, k) in enumerate(zip(r_ids, res)):
+        if r.size - k > n and on_overflow == "error":
+            after = f" after its {k} reserved" if k else ""
+            raise ValueError(f"diffpo.refine: base response {i} has {r.size - k} tokens{after}, more than "
+                             f"block_size={n}; raise block_size or pass on_overflow='truncate' or 'blocks'")
     if temperature > 0 and key is None:
         raise ValueError("diffpo.refine: temperature > 0 (sampled Jacobi updates) needs a PRNG key")
     kw = {"max_steps": max_steps, "eos_id": eos_id, "pad_id": pad_id, "batch_size": batch_size,
           "width_multiple": width_multiple, "temperature": temperature,
           "prefix_cache": prefix_cache}
-    if reserved_prefix:  # the first tokens of the base answer are kept: they join the prompt
-        p_ids = [np.concatenate([p, r[:reserved_prefix]]) for p, r in zip(p_ids, r_ids)]
-        kept = [r[:reserved_prefix] for r in r_ids]
-        r_ids = [r[reserved_prefix:] for r in r_ids]
-    else:
-        kept = [r[:0] for r in r_ids]
+    # the first tokens of the base answer are kept: they join the prompt
+    kept = [r[:k] for r, k in zip(r_ids, res)]
+    p_ids = [np.concatenate([p, k]) for p, k in zip(p_ids, kept)]
+    r_ids = [r[k:] for r, k in zip(r_ids, res)]
     n_blocks = [1] * len(r_ids)
     if on_overflow == "blocks":
         n_blocks = [max(1, -(-r.size // n)) for r in r_ids]
-    toks = [list(k) for k in kept]
+    toks = [[int(t) for t in k] for k in kept]
     stats = {"updates": [0] * len(p_ids), "forward_passes": [0] * len(p_ids), "converged": [True] * len(p_ids)}
     done = [False] * len(p_ids)
     for b in range(max(n_blocks)):

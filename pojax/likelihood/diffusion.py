@@ -26,7 +26,9 @@ an average of ``n_mc`` = M masked copies of every row, folded into one forward o
 ``"timestep_stratified"`` t_j = (j + u)/M with one u ~ U(0,1) per row: each t_j is still uniform
                         (unbiased as above), the M timesteps cover [0, 1) evenly.
 ``"length"``            l_j iid uniform in 1..L, exactly l_j tokens masked (uniformly without
-                        replacement), weight L/l_j. Unbiased for 𝓑; finite variance.
+                        replacement), weight L/l_j. Unbiased for 𝓑; finite variance. The
+                        ELBO-KTO authors' draws (``l_from_seed`` in their precompute_bref.py:
+                        one l per draw from a per-example hash; same law, other masks).
 ``"length_stratified"`` (default) l_j = ((k - 1 + ⌊j L / M⌋) mod L) + 1 with one k uniform in
                         1..L per row: the M lengths are spread evenly over 1..L
                         (``get_log_likelihood.py`` of LLaDA). Departure: LLaDA rounds

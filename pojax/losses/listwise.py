@@ -1,9 +1,10 @@
 r"""Listwise losses over K ranked responses per prompt: Plackett-Luce DPO, LiPO-λ, TPO, IRPO.
 
 Each takes ``RankedLogps`` (logps, ref_logps, scores, mask all [B, K]); r = logps - ref_logps
-is the implicit reward of a response, s = β·r, and ψ = ``scores`` the data's labels,
-higher-is-better (a reward, a grade, or minus a rank). ``mask`` makes K ragged: masked slots may
-hold any value and are ignored. How each loss treats tied labels is in its docstring.
+is the implicit reward of a response (``tpo``: divided by RankedLogps.length), s = β·r, and
+ψ = ``scores`` the data's labels, higher-is-better (a reward, a grade, or minus a rank).
+``mask`` makes K ragged: masked slots may hold any value and are ignored. How each loss treats
+tied labels is in its docstring.
 
 Metrics, per prompt [B] (TRL's names where they apply, without gradient):
   rewards/chosen, rewards/rejected   β·r of the best- and the worst-scored valid response
@@ -149,26 +150,65 @@ def lipo(logps: RankedLogps, *, beta=0.1) -> LossOutput:
 
 
 @register("tpo")
-def tpo(logps: RankedLogps, *, beta=0.1) -> LossOutput:
-    r"""TPO's Preference List Ranking objective (Liao et al., "TPO: Aligning Large Language Models
-    with Multi-branch & Multi-step Preference Trees", arXiv 2410.12854): the responses of a
-    preference tree, with their scores v, as one ranked list under the lambda-weighted
-    pairwise logistic loss (the LambdaLoss, as ``lipo``):
+def tpo(logps: RankedLogps, *, beta=0.1, tpo_published_sign=False) -> LossOutput:
+    r"""TPO, Tree Preference Optimization (Liao et al., arXiv 2410.12854), as its authors' code
+    computes the loss (github.com/MrBlankness/TPO at ba87a23, loss.py: ``lambda_rank_loss``,
+    ``TPOLoss.forward``): a pairwise logistic loss over every ordered pair of the K responses,
+    without λ weights, averaged, then passed through DPO's -log σ(β ·):
 
-    L = Σ_{v_i > v_j} Δ_ij · -log σ(r̂_i - r̂_j),  r̂ = β(log π - log π_ref).
+    r_k = (log π(y_k) - log π_ref(y_k)) / |y_k|                      (token-mean log-ratio)
+    ℓ   = 1/(K(K-1)) Σ_{i=1..K} Σ_{j=1..K} -log σ((r_i - r_j) · sign(ψ_i - ψ_j))
+    L   = -log σ(-β ℓ)
 
-    TPO's Adaptive Step Reward (Eq. 10) reweights the step log-ratios of each response by the
-    semantic similarity of its steps to the preferred response's, which needs step boundaries
-    and hidden states: a trainer that implements it passes the adjusted log-likelihoods as
-    ``RankedLogps.logps`` (with ``ref_logps`` to match). Without it, TPO is ``lipo`` on trees.
+    with ψ = ``scores`` (higher is better; the authors' trees score the reference answer 100).
+    The double sum covers all K² ordered entries: i = j and tied labels have sign 0 and add
+    log 2 each (no gradient), so at π = π_ref ℓ = K/(K-1) · log 2 and L = log(1 + 2^{βK/(K-1)}).
+    Each strictly ordered pair counts twice (once per direction). β scales ℓ, not the rewards.
+    The λ-weighted LambdaLoss this name ran before (an earlier reading of the paper) is ``lipo``.
+
+    Departures from the published code, and why:
+      1. Sign: the published ``TPOLoss`` returns -log σ(+β ℓ), which decreases as the ranking
+         loss ℓ grows, so gradient descent orders the rewards against the labels (running
+         its functions: the gradient on the best response's reward is positive). pojax
+         negates the argument; ``tpo_published_sign=True`` gives the published -log σ(β ℓ).
+      2. Reward: the authors' Adaptive Step Reward is Σ_s w_s m_s / Σ_s w_s, with m_s the mean
+         token log-ratio of step s (steps 1..S, S the fewest steps among the K responses, later
+         steps merged into step S) and w_s = 1 + cos(mean last-layer policy hidden state of
+         step s, the same for the list's first response), with gradient through w. pojax's
+         ranked rows carry no step boundaries and a loss never calls the model, so each
+         completion is one step: w cancels and r_k is the token mean, exact for S = 1. To use
+         step-weighted rewards, pass Σ_s w_s m_s / Σ_s w_s of the policy and of the reference
+         as ``logps`` / ``ref_logps`` (the reward is linear in them) with ``length`` = 1.
+      3. Token log-probs: the published ``compute_tpo_logprobs`` takes every token's log-prob
+         from the first position's distribution (its gather index has shape [N, 1, T]) without
+         shifting targets; pojax's are the usual log π(y_t | x, y_<t).
+      4. Batch: the published code averages ℓ over the batch before -log σ(β ·); pojax applies
+         it per prompt (the loss contract). Equal at the batch size 1 of their tpo_train.py.
+      5. A prompt with fewer than 2 valid responses has loss 0 (published: division by zero).
+    β: ``TPOLoss``'s default 0.1; their tpo_train.py trains with 0.5.
 
     Args:
-      logps: RankedLogps with ref_logps; scores are the tree's values v.
-      beta: β.
+      logps: RankedLogps [B, K] with ref_logps and length (completion token counts); scores
+        are the labels ψ; mask for ragged K (K = the valid responses of each prompt).
+      beta: β, the scale of ℓ inside the outer log-sigmoid.
+      tpo_published_sign: True for the published code's -log σ(+β ℓ) (reproduction only).
     Returns:
-      LossOutput with loss [B] float32 and the listwise metrics (module docstring).
+      LossOutput with loss [B] float32, the listwise metrics (module docstring; r is the
+      token-mean log-ratio) and ``loss/rank`` [B], ℓ.
     """
-    return _lambda_output(logps, beta, "tpo")
+    r, scores, mask, policy = _cast(logps, "tpo")
+    n = jnp.where(mask, terms.lengths(logps.length, "tpo", "RankedLogps.length"), 1.0)
+    r = r / n
+    valid = mask[:, :, None] & mask[:, None, :]
+    sign = jnp.sign(scores[:, :, None] - scores[:, None, :])
+    neg_log_sig = jax.nn.softplus(-(r[:, :, None] - r[:, None, :]) * sign)  # -log σ(x) = softplus(-x), stable
+    k = jnp.sum(mask, axis=-1).astype(jnp.float32)
+    rank = jnp.sum(jnp.where(valid, neg_log_sig, 0.0), axis=(1, 2)) / jnp.maximum(k * (k - 1.0), 1.0)
+    z = beta * rank if tpo_published_sign else -beta * rank
+    loss = jnp.where(k >= 2, -jax.nn.log_sigmoid(z), 0.0)
+    metrics = _metrics(beta, r, scores, mask, policy)
+    metrics["loss/rank"] = jax.lax.stop_gradient(rank)
+    return LossOutput(loss=loss, metrics=metrics)
 
 
 @register("irpo")

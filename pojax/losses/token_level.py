@@ -114,35 +114,53 @@ def tgdpo(logps: PairLogps, *, beta=0.1, tgdpo_alpha=0.5) -> LossOutput:
     return LossOutput(loss=loss, metrics=metrics)
 
 
-def rto_token_rewards(dpo_token_logps, ref_token_logps, mask, *, beta=0.1, policy_token_logps=None,
-                      rto_kl_coef=0.0, sequence_reward=None, rto_seq_coef=0.0):
+def rto_token_rewards(dpo_token_logps, ref_token_logps, mask, *, beta=0.1, rto_dpo_clip=0.0, policy_token_logps=None,
+                      rto_kl_coef=0.0, sequence_reward=None, rto_seq_coef=0.0, rto_seq_mean=0.0, rto_seq_std=1.0,
+                      rto_seq_clip=0.0):
     r"""RTO's token-wise reward (Zhong et al., "DPO Meets PPO: Reinforced Token Optimization",
-    arXiv 2404.18922, its practical implementation):
+    arXiv 2404.18922), shaped as the authors' code shapes it (zkshan2002/RTO, an OpenRLHF fork:
+    ``NaiveExperienceMaker._compute_dpo_rewards`` and ``compute_reward``):
 
-    r_t = β log π_dpo(y_t|x, y_<t)/π_ref(y_t|x, y_<t) - β₂ log π(y_t|·)/π_ref(y_t|·) + 1[t = last] β₃ r(x, y),
+    r_t = clip(β₁ log π_dpo(y_t|x, y_<t)/π_ref(y_t|x, y_<t), −c₁, c₁) − β₂ log π(y_t|·)/π_ref(y_t|·)
+          + 1[t = last] β₃ clip((r(x, y) − μ)/σ, −c₃, c₃),
 
-    β = ``beta`` (the DPO token reward), β₂ = ``rto_kl_coef`` (the per-token KL penalty of the
-    policy π being trained, when ``policy_token_logps`` is given), β₃ = ``rto_seq_coef`` times an
-    optional sequence-level reward (e.g. a Bradley-Terry reward model) on the last token.
+    β₁ = ``beta``, c₁ = ``rto_dpo_clip`` (applied after the scaling, as the authors do; 0 = no
+    clip), β₂ = ``rto_kl_coef`` (the k1 estimate of the per-token KL of the policy π being
+    trained, when ``policy_token_logps`` is given), β₃ = ``rto_seq_coef`` times a sequence-level
+    reward (e.g. a Bradley-Terry reward model), normalized by fixed μ = ``rto_seq_mean``, σ =
+    ``rto_seq_std`` (the authors' ``--normalize_reward``: the reward model's score mean and std
+    stored at the end of its training) and clamped to ±c₃ = ``rto_seq_clip`` (0 = no clamp; the
+    authors hard-code 10) on the last completion token. The defaults here are the plain sum
+    (no clip, no normalization); pojax.train.rto passes the authors' values (online.rto_* keys).
 
     Args:
       dpo_token_logps, ref_token_logps: [B, T] per-token log-probs of a DPO-trained model and
         of the reference.
-      mask: [B, T] bool completion tokens.
+      mask: [B, T] bool completion tokens (the last True of a row is the token the sequence
+        reward lands on: the authors' EOS action, or the last token of a truncated completion).
+      beta: β₁ > 0. rto_dpo_clip: c₁ >= 0.
       policy_token_logps: [B, T] of the policy being trained, or None (no KL term).
-      sequence_reward: [B] or None.
+      rto_kl_coef: β₂ >= 0.
+      sequence_reward: [B] raw scores, or None. rto_seq_coef: β₃. rto_seq_mean, rto_seq_std: μ,
+        σ > 0. rto_seq_clip: c₃ >= 0.
     Returns:
       [B, T] float32 token rewards, 0 off the mask; no gradient.
+    References: arXiv 2404.18922; github.com/zkshan2002/RTO (commit f2c1294).
     """
     mask = jnp.asarray(mask, bool)
     ref = terms.f32(ref_token_logps)
     rewards = beta * (terms.f32(dpo_token_logps) - ref)
+    if rto_dpo_clip > 0:
+        rewards = jnp.clip(rewards, -rto_dpo_clip, rto_dpo_clip)
     if policy_token_logps is not None:
         rewards = rewards - rto_kl_coef * (terms.f32(policy_token_logps) - ref)
     if sequence_reward is not None:
+        score = (terms.f32(sequence_reward) - rto_seq_mean) / rto_seq_std
+        if rto_seq_clip > 0:
+            score = jnp.clip(score, -rto_seq_clip, rto_seq_clip)
         count = jnp.cumsum(mask, axis=-1)
         last = mask & (count == count[:, -1:])
-        rewards = rewards + jnp.where(last, rto_seq_coef * terms.f32(sequence_reward)[:, None], 0.0)
+        rewards = rewards + jnp.where(last, rto_seq_coef * score[:, None], 0.0)
     return jax.lax.stop_gradient(jnp.where(mask, rewards, 0.0))
 
 

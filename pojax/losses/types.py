@@ -85,12 +85,15 @@ class RankedLogps:
       scores: [B, K] scores (higher is better) or ranks.
       ref_logps: [B, K] under the reference, or None.
       mask: [B, K] bool for ragged K, or None (all valid).
+      length: [B, K] completion token counts (≥ 1), or None. Needed by ``tpo`` (token-mean
+        log-ratios); ``objectives.ranked_logps`` fills it.
     """
 
     logps: Array
     scores: Array
     ref_logps: Array | None = None
     mask: Array | None = None
+    length: Array | None = None
 
 
 @struct.dataclass

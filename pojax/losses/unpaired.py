@@ -72,11 +72,27 @@ def kto_z0(logps: UnpairedLogps):
 KTO_REFERENCE_POINTS = ("kl", "batch_mean", "zero")
 
 
-def _saturation(s):
-    """Fractions of rows whose sigmoid argument |s| = |β(r - z0)| exceeds 6 and 8 (σ′ < 2.5e-3
-    and < 3.4e-4: those rows hardly train). ELBO-KTO's diagnostics (the authors' train.py)."""
-    a = jnp.abs(jax.lax.stop_gradient(s))
-    return {"abs_beta_s/frac>6": jnp.mean(a > 6.0), "abs_beta_s/frac>8": jnp.mean(a > 8.0)}
+def _diagnostics(r, z0, beta, length):
+    """ELBO-KTO's logged diagnostics (``ELBOKTOTrainer.compute_loss`` in the authors' train.py),
+    scalar means over every row of the batch whatever its label, no gradient:
+
+      abs_beta_r/mean     mean |β r|             (r = r̂ = B_θ − B_ref for ELBOs)
+      abs_beta_s/mean     mean |s|, s = β(r − z0), the sigmoid's argument
+      abs_r_hat_z0/mean   mean |r − z0|
+      abs_beta_s/frac>6   fraction with |s| > 6 (σ′ < 2.5e-3: the row hardly trains)
+      abs_beta_s/frac>8   fraction with |s| > 8 (σ′ < 3.4e-4)
+      resp_len/mean       mean completion length in tokens (only when ``length`` is given; the
+                          authors' window has no EOS: data.completion_end=none gives the same count)
+    """
+    sg = jax.lax.stop_gradient
+    r, z0 = sg(r), sg(z0)
+    s_abs = jnp.abs(beta * (r - z0))
+    out = {"abs_beta_r/mean": jnp.mean(jnp.abs(beta * r)), "abs_beta_s/mean": jnp.mean(s_abs),
+           "abs_r_hat_z0/mean": jnp.mean(jnp.abs(r - z0)),
+           "abs_beta_s/frac>6": jnp.mean(s_abs > 6.0), "abs_beta_s/frac>8": jnp.mean(s_abs > 8.0)}
+    if length is not None:
+        out["resp_len/mean"] = jnp.mean(jnp.asarray(length, jnp.float32))
+    return out
 
 
 @register("kto")
@@ -100,8 +116,10 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
 
     Metrics: TRL's, ``kl`` (= z0 whatever its kind; TRL's clamped value for "kl"),
     ``kl/unclamped`` (``kto_kl_estimate``, whenever ``kl`` / ``ref_kl`` are given: it moves
-    with the policy where the clamped z0 stays at 0), and the saturation fractions
-    ``abs_beta_s/frac>6`` / ``abs_beta_s/frac>8`` of |β(r - z0)|.
+    with the policy where the clamped z0 stays at 0), and ELBO-KTO's diagnostics
+    (``_diagnostics``: ``abs_beta_r/mean``, ``abs_beta_s/mean``, ``abs_r_hat_z0/mean``, the
+    saturation fractions ``abs_beta_s/frac>6`` / ``abs_beta_s/frac>8`` of |β(r - z0)|, and
+    ``resp_len/mean`` when ``logps.length`` is given).
     """
     if kto_reference_point not in KTO_REFERENCE_POINTS:
         raise ValueError(f"unknown kto_reference_point {kto_reference_point!r}; "
@@ -123,7 +141,7 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
     metrics["kl"] = z0
     if logps.kl is not None and logps.ref_kl is not None:
         metrics["kl/unclamped"] = kto_kl_estimate(logps)
-    metrics.update(_saturation(beta * (r - z0)))
+    metrics.update(_diagnostics(r, z0, beta, logps.length))
     return LossOutput(loss=loss, metrics=metrics)
 
 

@@ -172,7 +172,7 @@ def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chun
     (``completion_width``: one shared-prompt row of T + (K - 1)·W tokens per prompt, as in
     ``pair_logps``). input_ids [B, K, T], completion_mask [B, K, T] (or [B, T] shared by the K
     responses), scores [B, K], optional rank_mask [B, K] (ragged K) and precomputed
-    ref_logps [B, K]."""
+    ref_logps [B, K]. RankedLogps.length [B, K] counts each response's scored completion tokens."""
     ids = batch["input_ids"]
     b, k, t = ids.shape
     mask = jnp.broadcast_to(batch["completion_mask"][:, None] if batch["completion_mask"].ndim == 2
@@ -183,18 +183,19 @@ def ranked_logps(policy, reference, batch, *, chunk_size: int = 1024, vocab_chun
 
         def logps_of(model):
             tok, _, tmask = _token_logps(model, flat_ids, flat_mask, **kw)
-            return ar.sequence_logps(tok, tmask).reshape(b, k)
+            return ar.sequence_logps(tok, tmask).reshape(b, k), jnp.sum(tmask, -1).reshape(b, k)
     else:
         sides = jnp.unstack(ids, axis=1), jnp.unstack(mask, axis=1)
 
         def logps_of(model):
             tok, _, tmask = _fused_token_logps(model, *sides, width=completion_width, **kw)
-            return jnp.stack([ar.sequence_logps(x, m) for x, m in zip(tok, tmask)], axis=1)
+            return (jnp.stack([ar.sequence_logps(x, m) for x, m in zip(tok, tmask)], axis=1),
+                    jnp.stack([jnp.sum(m, -1) for m in tmask], axis=1))
 
-    logps = logps_of(policy)
-    ref = jax.lax.stop_gradient(logps_of(reference)) if reference is not None else batch.get("ref_logps")
+    logps, length = logps_of(policy)
+    ref = jax.lax.stop_gradient(logps_of(reference)[0]) if reference is not None else batch.get("ref_logps")
     return losses.RankedLogps(logps=logps, scores=batch["scores"].astype(jnp.float32), ref_logps=ref,
-                              mask=batch.get("rank_mask"))
+                              mask=batch.get("rank_mask"), length=length.astype(jnp.float32))
 
 
 def _scalar_metrics(metrics: dict) -> dict:

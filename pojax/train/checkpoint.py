@@ -9,6 +9,23 @@ import jax
 import orbax.checkpoint as ocp
 
 
+EXIT_CHECKPOINT_WRITE = 74  # sysexits.h EX_IOERR: python -m pojax.main's status for CheckpointWriteError
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (disk full, permission denied, a gs:// error). orbax
+    renames a step's directory only when it is complete, so the previous checkpoint stays the
+    latest one and a relaunch resumes from it."""
+
+    def __init__(self, directory: str, step: int | None, cause: BaseException, latest: int | None):
+        root = cause
+        while root.__cause__ is not None or root.__context__ is not None:  # the OSError under orbax's wrappers
+            root = root.__cause__ or root.__context__
+        when = f" by step {step}" if step is not None else ""  # async: an earlier step's write may have failed
+        kept = f"step {latest} stays the latest checkpoint" if latest is not None else "there is no earlier checkpoint"
+        super().__init__(f"writing checkpoints to {directory} failed{when} ({type(root).__name__}: {root}); {kept}")
+
+
 class Checkpoints:
     """Keep-N checkpoints of one stage under ``directory`` (async saves): the latest ``keep``,
     or with ``best_metric`` the ``keep`` best by that metric (``best_mode`` min | max)."""
@@ -17,8 +34,14 @@ class Checkpoints:
         best = {} if not best_metric else dict(best_fn=lambda m: m[best_metric], best_mode=best_mode)
         # cleanup_tmp_directories: a save killed mid-write leaves a *.orbax-checkpoint-tmp-* dir, which
         # latest_step() never lists; it is removed when the next run opens the directory.
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                               cleanup_tmp_directories=True, **best)
+        # create_directories_asynchronously=False: a step's directory is made in save(), so a directory
+        # that takes no writes fails there at once (orbax 0.12's background creation leaves the saving
+        # thread waiting for a signal that never comes, up to its 20-minute async timeout)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False), **best)
+        self.directory = directory
+        self._last_saved = None
         self.manager = ocp.CheckpointManager(directory, options=options)
 
     def best_step(self) -> int | None:
@@ -37,7 +60,20 @@ class Checkpoints:
             items["reference"] = ocp.args.StandardSave(reference)
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+        try:  # an earlier async save's failure surfaces here too
+            self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+        except Exception as e:
+            raise self._write_error(e, step) from e
+        self._last_saved = step
+
+    def _write_error(self, cause: BaseException, step: int | None) -> CheckpointWriteError:
+        latest = None
+        try:
+            self.manager.reload()  # what is on storage now (the failed step never became a checkpoint)
+            latest = self.manager.latest_step()
+        except Exception:  # the storage may be unreadable too
+            pass
+        return CheckpointWriteError(self.directory, step, cause, latest)
 
     def restore(self, state_like, step: int | None = None, data_iter=None, reference_like=None):
         """(state, meta) of ``step`` (default: the latest), placed like ``state_like``; a fresh
@@ -58,5 +94,14 @@ class Checkpoints:
         return out.state, dict(out.meta, data_restored=has_data, reference=out.reference if has_reference else None)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the saves in flight; raises CheckpointWriteError when one of them failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            error = self._write_error(e, self._last_saved)
+            try:
+                self.manager.close()
+            except Exception:  # the same failure again
+                pass
+            raise error from e
         self.manager.close()

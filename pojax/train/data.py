@@ -13,7 +13,7 @@ from absl import logging
 from pojax.config import SCORED_LOSSES, ConfigError
 from pojax.data import formats, tokenize
 from pojax.data import gym as gym_lib
-from pojax.data.pipeline import curriculum_order, split_eval
+from pojax.data.pipeline import curriculum_order, label_subsample, split_eval
 from pojax.losses import input_kind
 
 # data.format -> how its rows are tokenized (pojax.data.tokenize.encode)
@@ -84,7 +84,8 @@ def gym_data(config) -> RunData:
     seed, n = config.train.seed, config.data.gym.num_train
     kind = {"unpaired": "unpaired", "ranked": "ranked"}.get(input_kind(config.loss.name), "paired")
     scores = _scored(config) and kind == "paired"
-    pref = gym_lib.training_rows(gym, kind, seed + 2, n, config.data.gym.label_noise, scores=scores)
+    pref = subsampled(gym_lib.training_rows(gym, kind, seed + 2, n, config.data.gym.label_noise, scores=scores),
+                      config)
     held = (gym_lib.training_rows(gym, kind, seed + 5, config.eval.num_examples, scores=scores)
             if config.eval.num_examples > 0 else None)
     sft = gym_lib.training_rows(gym, "sft", seed, n) if config.train.sft_steps > 0 else None
@@ -162,13 +163,14 @@ def _file_arrays(config, tokenizer) -> tuple[str, dict, dict | None]:
         rows, fmt, tokenizer, max_prompt_length=config.data.max_prompt_length,
         max_completion_length=config.data.max_completion_length, max_length=config.data.get("max_length", 0),
         truncation_mode=config.data.get("truncation_mode", "keep_start"), chat_template=config.data.chat_template,
-        report=reports[split])
+        completion_end=config.data.get("completion_end", "eos"), report=reports[split])
     try:
         arrays, test_arrays = encode(train, "train"), None if test is None else encode(test, "test")
     except ConfigError:
         raise
     except ValueError as e:
-        raise ConfigError("data.chat_template", str(e).removeprefix("config key data.chat_template: ")) from None
+        key = "data.completion_end" if "data.completion_end" in str(e) else "data.chat_template"
+        raise ConfigError(key, str(e).removeprefix(f"config key {key}: ")) from None
     if _scored(config) and fmt == "paired":  # the kept rows' scores (rows whose prompt fills max_length are dropped)
         arrays.update(_score_arrays([train[i] for i in reports["train"]["kept_index"]], config.data.path))
         if test is not None:
@@ -199,6 +201,22 @@ def _subset(rows: dict, n: int, seed: int) -> dict:
     return {k: v[keep] for k, v in rows.items()}
 
 
+def subsampled(rows: dict, config) -> dict:
+    """The unpaired training rows kept by data.desirable_fraction / undesirable_fraction (the
+    ELBO-KTO authors' n_D / n_U, ``pipeline.label_subsample``, seeded by data.subsample_seed), in
+    row order; every row when both are 1 (and for rows without labels)."""
+    d = config.data
+    fd, fu = d.get("desirable_fraction", 1.0), d.get("undesirable_fraction", 1.0)
+    if "label" not in rows or (fd == 1 and fu == 1):
+        return rows
+    keep = label_subsample(rows["label"], fd, fu, d.get("subsample_seed", 42))
+    label = np.asarray(rows["label"], bool)
+    logging.info("data.desirable_fraction=%s, data.undesirable_fraction=%s: %d of %d desirable and %d of %d "
+                 "undesirable rows kept", fd, fu, int(label[keep].sum()), int(label.sum()),
+                 int((~label[keep]).sum()), int((~label).sum()))
+    return {k: v[keep] for k, v in rows.items()}
+
+
 def split_rows(arrays: dict, test: dict | None, *, num_examples: int, seed: int) -> tuple[dict, dict | None]:
     """(training rows, held-out rows or None) of a file's tokenized rows, the one split that
     training (``file_data``) and evaluation (``eval_data``) share: with an upstream test split
@@ -216,6 +234,7 @@ def file_data(config, tokenizer) -> RunData:
     upstream test split when the layout has one, else a seeded random subset of the file's rows."""
     fmt, arrays, test, dropped = _file_arrays(config, tokenizer)
     train, held = split_rows(arrays, test, num_examples=config.eval.num_examples, seed=config.train.seed)
+    train = subsampled(train, config)  # after the split: the held-out rows stay those of the full data
     if held is None and test is None and config.eval.num_examples > 0:
         n = len(next(iter(arrays.values())))
         logging.warning("%s: %d rows are too few to hold out eval.num_examples=%d (needs more than %d); "

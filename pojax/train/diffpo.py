@@ -10,15 +10,19 @@ On the gym (``diffpo.trajectory_source = "gym"``):
    y(0) … y(T-1) at every step (``diffpo.t_sampling = "uniform"``).
 3. Every policy of ``diffpo.eval_policies`` answers held-out prompts; the aligner refines the
    answers by Jacobi iteration (pojax.diffpo.jacobi) with k = each of ``diffpo.eval_steps`` and to
-   convergence; results.json reports, per policy, the gold reward before and after, the Jacobi
-   updates and forward passes per response, and Best-of-N by gold reward with N = k samples of
+   convergence, each answer's first r tokens kept as they are, r uniform on
+   0 … ``diffpo.reserve_tokens`` per held-out prompt (the authors' reserved prefix,
+   pojax.diffpo.refine.draw_reserved_prefix, seeded by train.seed: the same r for a prompt at every
+   step budget and for every policy); results.json reports, per policy, the gold reward before
+   and after, the Jacobi updates and forward passes per response, and Best-of-N by gold reward with N = k samples of
    the same policy (the inference-time baseline at an equal number of forward passes).
 
 From files (``diffpo.trajectory_source`` = "ranked" | "ultrafeedback", ``data.path``; see
 pojax.diffpo.text_data): the aligner is the Hugging Face checkpoint ``model.path`` with its
 tokenizer; trajectories are each prompt's scored responses in ascending order; the base policies
 are the systems that wrote the held-out rows' responses (``diffpo.eval_path``, or
-``eval.num_examples`` rows held out of data.path); each one's answers are refined and, with
+``eval.num_examples`` rows held out of data.path); each one's answers are refined (with the same
+reserved prefix rule, r drawn per held-out row) and, with
 ``eval.reward_model_path`` and / or ``eval.judge_path``, compared with the (block-truncated) base
 answers through pojax.eval: rm_win_rate / win_rate of aligned vs base per base policy and step
 budget, in the gym's layout ({metric: {k1: …, converged: …}}).
@@ -34,8 +38,8 @@ import numpy as np
 from pojax import fs, preflight
 from pojax.config import ConfigError
 from pojax.diffpo.jacobi import jacobi_refine
-from pojax.diffpo.loss import DIVERGENCES, diffpo_model_loss
-from pojax.diffpo.refine import OVERFLOW
+from pojax.diffpo.loss import CONSISTENCY_MASKS, DIVERGENCES, diffpo_model_loss
+from pojax.diffpo.refine import OVERFLOW, draw_reserved_prefix
 from pojax.diffpo.text_data import SOURCES
 from pojax.diffpo.trajectories import (
     RULES,
@@ -70,6 +74,13 @@ def validate_diffpo(config) -> None:
         raise ConfigError("diffpo.max_states", f"must be >= 1, got {d.max_states!r}")
     if d.divergence not in DIVERGENCES:
         raise ConfigError("diffpo.divergence", f"{d.divergence!r} is not one of {', '.join(DIVERGENCES)}")
+    if d.consistency_mask not in CONSISTENCY_MASKS:
+        raise ConfigError("diffpo.consistency_mask",
+                          f"{d.consistency_mask!r} is not one of {', '.join(CONSISTENCY_MASKS)}")
+    if not 0.0 <= d.label_smoothing < 1.0:
+        raise ConfigError("diffpo.label_smoothing", f"must be in [0, 1), got {d.label_smoothing!r}")
+    if int(d.reserve_tokens) < 0:
+        raise ConfigError("diffpo.reserve_tokens", f"must be >= 0 (0 = no reserved prefix), got {d.reserve_tokens!r}")
     if d.t_sampling not in T_SAMPLING:
         raise ConfigError("diffpo.t_sampling", f"{d.t_sampling!r} is not one of {', '.join(T_SAMPLING)}")
     if d.get("gym_rule", "successor") not in RULES:
@@ -121,22 +132,30 @@ def diffpo_objective(config):
         del ref
         state_BL = draw_states(jax.random.fold_in(base, counter), batch["state_ids"], batch.get("num_states"))
         loss_B, metrics = diffpo_model_loss(model, batch["target_ids"], state_BL, batch["response_mask"],
-                                            omega=d.omega, kind=d.divergence, chunk_size=chunk)
+                                            omega=d.omega, kind=d.divergence, label_smoothing=float(d.label_smoothing),
+                                            consistency_mask=d.consistency_mask, chunk_size=chunk)
         return jnp.mean(loss_B), {k_: jnp.mean(v) for k_, v in metrics.items()}, counter + 1
 
     return objective, jnp.zeros((), jnp.int32)
 
 
-def refine_gym(aligner, gym, prompts, responses, *, max_steps, temperature=0.0, key=None, prefix_cache=False):
+def refine_gym(aligner, gym, prompts, responses, *, max_steps, temperature=0.0, key=None, prefix_cache=False,
+               reserved=None):
     """Jacobi-refines gym responses [n, N] of prompts [n, P] with the aligner.
+
+    Args:
+      reserved: [n] int reserved-prefix lengths (the first r tokens of a response stay as they
+        are and the rest is refined after them; r ≥ N keeps the whole response), or None (none).
 
     Returns:
       (refined responses [n, N] np.int, updates [n], forward passes [n]).
     """
     ids, mask = gym.sequence(prompts, responses)
+    n0 = ids.shape[1] - gym.response_len
+    if reserved is not None:  # the reserved tokens join the fixed tokens: the slots start after them
+        mask = mask & (np.arange(ids.shape[1])[None, :] >= n0 + np.asarray(reserved)[:, None])
     res = jacobi_refine(aligner, jnp.asarray(ids), jnp.asarray(mask), max_steps=max_steps, temperature=temperature,
                         key=key, prefix_cache=prefix_cache)
-    n0 = ids.shape[1] - gym.response_len
     return np.asarray(res.ids)[:, n0:], np.asarray(res.updates), np.asarray(res.forward_passes)
 
 
@@ -145,6 +164,7 @@ def evaluate_policies(aligner, gym, config) -> dict:
     d = config.diffpo
     rng = np.random.default_rng(config.train.seed + 2)
     prompts = gym.prompts(rng, config.data.gym.num_eval)
+    reserved = draw_reserved_prefix(len(prompts), int(d.reserve_tokens), config.train.seed + 4)
     budgets = [(f"k{int(k)}", int(k)) for k in d.eval_steps] + [("converged", None)]
     out = {}
     for name in d.eval_policies:
@@ -155,7 +175,7 @@ def evaluate_policies(aligner, gym, config) -> dict:
         for label, k in budgets:
             refined, updates, passes = refine_gym(aligner, gym, prompts, base, max_steps=k, temperature=d.temperature,
                                                   key=jax.random.PRNGKey(config.train.seed + 3),
-                                                  prefix_cache=d.prefix_cache)
+                                                  prefix_cache=d.prefix_cache, reserved=reserved)
             entry["gold_reward_aligned"][label] = float(gym.gold_reward(prompts, refined).mean())
             entry["steps"][label] = float(updates.mean())
             entry["forward_passes"][label] = float(passes.mean())
@@ -209,7 +229,8 @@ def run_diffpo(config, workdir: str | None) -> dict:
     aligner, logged = _train_aligner(aligner, rows, config, workdir, mesh, rules)
     steps = config.train.max_steps
     results = {"task": "diffpo", "steps": steps, "omega": float(d.omega), "divergence": d.divergence,
-               "trajectory_source": "gym", "temperature": float(d.temperature),
+               "label_smoothing": float(d.label_smoothing), "consistency_mask": d.consistency_mask,
+               "reserve_tokens": int(d.reserve_tokens), "trajectory_source": "gym", "temperature": float(d.temperature),
                "trajectory_order": d.trajectory_order,
                "gym_rule": d.get("gym_rule", "successor"), "train_policies": list(d.train_policies),
                "trajectory_gold_reward": [float(r) for r in traj["rewards"].mean(0)],
@@ -274,22 +295,28 @@ def evaluate_answers(aligner, tokenizer, rows: list[dict], config) -> dict:
     rm, rm_tok, judge, judge_tok = _judges(config, aligner.config.dtype)
     budgets = [(f"k{int(k)}", int(k)) for k in d.eval_steps] + ([("converged", None)] if d.eval_converged else [])
     n, batch = int(data.max_completion_length), config.train.batch_size // config.train.grad_accum_steps
+    # one reserved-prefix length per held-out row: the same for every base policy and step budget
+    reserved_rows = draw_reserved_prefix(len(rows), int(d.reserve_tokens), config.train.seed + 4)
     out = {}
     for name, (idx, answers) in sorted(base_answers(rows).items()):
         prompts = [rows[i]["prompt"] for i in idx]
         p_ids = [tokenize.prompt_ids(tokenizer, rows[i], chat)[-data.max_prompt_length:] for i in idx]
-        b_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
-        if d.on_overflow == "truncate":
-            b_ids = [b[:n] for b in b_ids]
+        full_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+        reserved = reserved_rows[idx]
+        b_ids, guesses = full_ids, full_ids
+        if d.on_overflow == "truncate":  # the base answer cut to the block; the guess is the block after the reserve
+            b_ids = [b[:n] for b in full_ids]
+            guesses = [b[:n + int(r)] for b, r in zip(full_ids, reserved)]
         base_text = [tokenizer.decode(b, skip_special_tokens=True) for b in b_ids]
         entry = {"num_prompts": len(idx), "steps": {}, "forward_passes": {}}
         if rm is not None:
             entry["rm_reward_base"] = None
         for label, k in budgets:
-            toks, stats = refine(aligner, None, p_ids, b_ids, max_steps=k, block_size=n, eos_id=tokenizer.eos_token_id,
-                                 pad_id=tokenize.pad_id(tokenizer), on_overflow=d.on_overflow, batch_size=batch,
-                                 return_stats=True, temperature=d.temperature, prefix_cache=d.prefix_cache,
-                                 key=jax.random.PRNGKey(config.train.seed + 3))
+            toks, stats = refine(aligner, None, p_ids, guesses, max_steps=k, block_size=n,
+                                 eos_id=tokenizer.eos_token_id, pad_id=tokenize.pad_id(tokenizer),
+                                 on_overflow=d.on_overflow, batch_size=batch, return_stats=True,
+                                 temperature=d.temperature, prefix_cache=d.prefix_cache,
+                                 key=jax.random.PRNGKey(config.train.seed + 3), reserved_prefix=reserved)
             text = [tokenizer.decode(t, skip_special_tokens=True) for t in toks]
             entry["steps"][label] = float(np.mean(stats["updates"]))
             entry["forward_passes"][label] = float(np.mean(stats["forward_passes"]))
@@ -332,7 +359,9 @@ def run_diffpo_files(config, workdir: str) -> dict:
     aligner, logged = _train_aligner(aligner, arrays, config, workdir, mesh, rules)
     steps = config.train.max_steps
     results = {"task": "diffpo", "steps": steps, "omega": float(d.omega), "divergence": d.divergence,
-               "trajectory_source": d.trajectory_source, "temperature": float(d.temperature),
+               "label_smoothing": float(d.label_smoothing), "consistency_mask": d.consistency_mask,
+               "reserve_tokens": int(d.reserve_tokens), "trajectory_source": d.trajectory_source,
+               "temperature": float(d.temperature),
                "num_trajectories": len(train_rows), "mean_states": float(arrays["num_states"].mean()),
                "final_loss": logged[-1]["loss"] if logged else None,
                "base_policies": evaluate_answers(aligner, tokenizer, eval_rows, config)}

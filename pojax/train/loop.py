@@ -23,6 +23,7 @@ from pojax.data.pipeline import make_iterator, restore_iterator
 from pojax.train.checkpoint import Checkpoints
 from pojax.train.metrics import MetricsWriter
 from pojax.train.optim import current_learning_rate
+from pojax.train.preemption import Preempted, Watchdog, current
 from pojax.train.step import NonFiniteError, init_state, make_train_step, sync_reference
 
 _BAR_KEYS = (("loss", "loss"), ("rewards/accuracies", "acc"), ("tokens_per_s", "tok/s"))
@@ -246,7 +247,9 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
         logging.info("%s: resumed from step %d", name, start)
     writer.truncate_after(start)  # lines past the restored step (or of a run killed before any checkpoint)
     bar = tqdm(total=steps, initial=start, desc=name, disable=not config.logging.progress, dynamic_ncols=True)
-    with sharding.use_mesh(mesh, rules):
+    notice = current()  # pojax.train.preemption: SIGTERM / SIGUSR1 → checkpoint this step and stop
+    watchdog = Watchdog(config.train.get("step_timeout_s", 0.0), what=f"{name} step")
+    with sharding.use_mesh(mesh, rules), watchdog:
         for step in range(start, steps):
             t0, tokens, mean = time.perf_counter(), 0, _Mean()
             skipped, extra = 0, {}
@@ -289,10 +292,15 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
                 best.save(step + 1, state.params, {"step": step + 1}, metrics={best_metric: eval_metrics[best_metric]})
             bar.set_postfix({short: f"{float(metrics[k]):.3g}" for k, short in _BAR_KEYS if k in metrics})
             bar.update(1)
-            if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == steps:
+            received = notice.agreed()  # every process asks after the same step (a collective on several)
+            if (step + 1) % config.checkpoint.every_steps == 0 or last or received:
                 ckpt.save(step + 1, state, {"step": step + 1}, data_iter=source.iterator,
                           reference=ref_state if sync_fn is not None else None)
                 writer.flush()  # a remote metrics file holds every line up to the latest checkpoint
+            watchdog.beat()
+            if received:
+                _close(bar, source, ckpt, best, writer)  # the checkpoint of this step is complete on return
+                raise Preempted(name, step + 1, received, ckpt.directory)
     _close(bar, source, ckpt, best, writer)
     nnx.update(model, state.params)
     return model, state, eval_metrics

@@ -209,8 +209,9 @@ def run_online(config, workdir: str | None, reward_fn: RewardFn | None = None) -
     model = sampler(trained) if sampler else trained
 
     results = {"loss": config.loss.name, "steps": steps, "sft_steps": config.train.sft_steps, "labels": steps * bs}
-    if rto_ppo(config):  # no preference labels: one sampled completion per prompt and rollout
-        results = dict(results, labels=0, stage="ppo", samples=-(-steps // config.online.ppo_epochs) * bs)
+    if rto_ppo(config):  # one sampled completion per prompt and rollout; the reward labels them only
+        samples = -(-steps // config.online.ppo_epochs) * bs  # when it is trained on (online.rto_seq_coef > 0)
+        results = dict(results, labels=samples if config.online.rto_seq_coef > 0 else 0, stage="ppo", samples=samples)
     if config.train.export_final:
         export(model, config, os.path.join(workdir, "final"), lora=config.loss.name == "ofs_dpo")
     results.update(gold_eval(gym, model, reference, config))

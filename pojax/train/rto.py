@@ -8,19 +8,32 @@ Each rollout (``online.ppo_epochs`` optimizer steps share one):
      cache (``online.temperature``);
   2. per-token log-probs of π_dpo (the DPO model of reference.guide_path), π_ref (the frozen SFT
      start) and π_old (the policy now, at temperature 1), and the value head's V(s_t);
-  3. the token rewards of ``pojax.losses.rto_token_rewards``:
-        r_t = β log π_dpo/π_ref − β₂ log π_old/π_ref (+ β₃ r(x, y) on the last token),
-     β = loss.beta, β₂ = online.rto_kl_coef, β₃ = online.rto_seq_coef with r = online.reward;
+  3. the token rewards of ``pojax.losses.rto_token_rewards``, shaped as the authors' code does
+     (zkshan2002/RTO at f2c1294, an OpenRLHF fork: ``_compute_dpo_rewards`` and
+     ``compute_reward``; coefficients of ``examples/scripts/train_rto_llama_8b.sh``):
+        r_t = clip(β₁ log π_dpo/π_ref, ±c₁) − β₂ log π_old/π_ref + 1[last] β₃ clip((r − μ)/σ, ±c₃),
+     β₁ = online.rto_dpo_beta (0.05), c₁ = online.rto_dpo_clip (0.05), β₂ = online.rto_kl_coef
+     (0.01), β₃ = online.rto_seq_coef (1) with r = online.reward, μ, σ = online.rto_seq_mean /
+     rto_seq_std (unset: ``sequence_reward_stats``), c₃ = online.rto_seq_clip (10);
   4. GAE advantages and returns (``pojax.losses.ppo.gae``; γ = online.gamma, λ =
      online.gae_lambda), the advantages whitened over the batch's tokens;
   5. ``online.ppo_epochs`` optimizer steps of the clipped PPO loss plus the value loss
      (``pojax.losses.ppo.ppo_loss``; ε = online.ppo_clip, c_v = online.value_coef), each on the
      whole rollout (one minibatch per epoch).
 
-The value head is a linear map of the policy's final hidden states (``PolicyWithValue``),
-zero-initialized, on stop_gradient(h): the value loss trains the head only, never the policy's
-trunk (the paper and OpenRLHF use a separate critic model; a probe of the policy's features is
-the smallest critic that keeps the value loss from pulling on the policy).
+Departures from the authors' code. The critic: theirs is a separate model initialised from the
+reward model (``--critic_pretrain $RM``), with its own optimizer (lr 9e-6) and value clipping
+(0.2); pojax's is a linear value head on the policy's final hidden states (``PolicyWithValue``),
+zero-initialized, on stop_gradient(h), so the value loss trains the head only, never the
+policy's trunk: a probe of the policy's features is the smallest critic that keeps the value
+loss from pulling on the policy, and the gym has no trained reward model to start one from. The
+reward model: on the gym the sequence reward is ``online.reward`` (the gold reward) where they
+score with a trained reward model (RTO-RL/Llama3.2-1B-RewardModel), so the PPO stage spends gold
+labels (results.json's ``labels`` counts one per sampled completion; measuring μ and σ, when
+unset, scores 2 × ``STATS_PAIRS`` held-out responses once more); online.rto_seq_coef = 0 trains
+on the DPO token rewards alone. The schedule: theirs samples 1,024 prompts per rollout and takes
+one epoch of optimizer steps on 128 of them each; pojax takes ``online.ppo_epochs`` full-batch
+steps per rollout of train.batch_size prompts.
 
 Resumption: a rollout is a pure function of its index and the policy at its first step, and
 checkpoints fall on rollout boundaries (checkpoint.every_steps is a multiple of
@@ -65,29 +78,68 @@ def token_logps(model, ids_BT, mask_BT, *, chunk_size: int):
     return ar.token_logps(model, ids_BT, targets, chunk_size=chunk_size), tmask
 
 
-def rollout_arrays(model: PolicyWithValue, reference, guide, ids_BT, mask_BT, sequence_reward_B, *, beta, kl_coef,
-                   seq_coef, gamma, lam, chunk_size):
+# held-out pairs whose rewards give the sequence reward's μ and σ when the config leaves them unset
+STATS_PAIRS = 1024
+
+
+def sequence_reward_stats(gym, reward_fn, seed: int) -> tuple[float, float]:
+    """(μ, σ) that normalize the sequence reward: the mean and the unbiased standard deviation
+    (at least 1e-8) of ``reward_fn`` over the chosen and the rejected responses of ``STATS_PAIRS``
+    gym pairs drawn with ``seed`` (the held-out seed, train.seed + 5). The authors' reward model
+    carries the same two numbers, measured by OpenRLHF's reward-model trainer on its held-out
+    preference pairs (chosen and rejected scores together) and applied at scoring time with
+    ``--normalize_reward``: fixed for the whole PPO run, not a running or per-batch statistic."""
+    pairs = gym.paired_set(seed, STATS_PAIRS)
+    start = 2 + gym.prompt_len  # BOS, prompt, SEP, then the response
+    scores = np.concatenate([np.asarray(reward_fn(pairs["prompts"], pairs[k][:, start:]), np.float64)
+                             for k in ("chosen_ids", "rejected_ids")])
+    return float(scores.mean()), float(max(scores.std(ddof=1), 1e-8))
+
+
+def shaping(config, gym, reward_fn) -> dict:
+    """The keyword arguments of ``pojax.losses.rto_token_rewards`` for this run's online.rto_*
+    keys (the sequence reward's μ and σ measured by ``sequence_reward_stats`` when unset)."""
+    o = config.online
+    mean, std = o.rto_seq_mean, o.rto_seq_std
+    if mean is None and float(o.rto_seq_coef) > 0:
+        mean, std = sequence_reward_stats(gym, reward_fn, config.train.seed + 5)
+    return dict(beta=float(o.rto_dpo_beta), rto_dpo_clip=float(o.rto_dpo_clip), rto_kl_coef=float(o.rto_kl_coef),
+                rto_seq_coef=float(o.rto_seq_coef), rto_seq_mean=float(mean or 0.0),
+                rto_seq_std=float(1.0 if std is None else std), rto_seq_clip=float(o.rto_seq_clip))
+
+
+def rollout_arrays(model: PolicyWithValue, reference, guide, ids_BT, mask_BT, sequence_reward_B, *, gamma, lam,
+                   chunk_size, beta, rto_kl_coef, rto_seq_coef, rto_dpo_clip=0.0, rto_seq_mean=0.0, rto_seq_std=1.0,
+                   rto_seq_clip=0.0):
     """The PPO inputs of sampled rows ``ids_BT`` / ``mask_BT`` (completion tokens): a dict of
-    [B, T] float32 old_logps, advantages (whitened), returns, token_rewards, and metrics. Pure:
-    jit it with the three models as arguments."""
+    [B, T] float32 old_logps, advantages (whitened), returns, token_rewards, and metrics. The
+    reward keywords are ``rto_token_rewards``'s (``shaping``). Pure: jit it with the three models
+    as arguments."""
     targets, tmask = ar.shift_targets(ids_BT, mask_BT)
     old, values = model.logps_and_values(ids_BT, targets, chunk_size=chunk_size)
     ref, _ = token_logps(reference, ids_BT, mask_BT, chunk_size=chunk_size)
     dpo, _ = token_logps(guide, ids_BT, mask_BT, chunk_size=chunk_size)
-    rewards = rto_token_rewards(dpo, ref, tmask, beta=beta, policy_token_logps=old, rto_kl_coef=kl_coef,
-                                sequence_reward=sequence_reward_B, rto_seq_coef=seq_coef)
+    rewards = rto_token_rewards(dpo, ref, tmask, beta=beta, rto_dpo_clip=rto_dpo_clip, policy_token_logps=old,
+                                rto_kl_coef=rto_kl_coef, sequence_reward=sequence_reward_B, rto_seq_coef=rto_seq_coef,
+                                rto_seq_mean=rto_seq_mean, rto_seq_std=rto_seq_std, rto_seq_clip=rto_seq_clip)
+    dpo_rewards = rto_token_rewards(dpo, ref, tmask, beta=beta, rto_dpo_clip=rto_dpo_clip)
     adv, returns = gae(rewards, values, tmask, gamma=gamma, lam=lam)
     n, rows = jnp.maximum(jnp.sum(tmask), 1).astype(jnp.float32), tmask.shape[0]
     masked_sum = lambda x: jnp.sum(jnp.where(tmask, x, 0.0))
-    # per token: the reward and the value; per completion: Σ_t β log π_dpo/π_ref and Σ_t log π_old/π_ref
+    clipped = jnp.abs(beta * (dpo - ref)) > (rto_dpo_clip if rto_dpo_clip > 0 else jnp.inf)
+    # per token: the reward, the value and how often c₁ binds; per completion: Σ_t of the clipped
+    # DPO token reward and Σ_t log π_old/π_ref
     metrics = {"rto/token_reward": masked_sum(rewards) / n, "ppo/values": masked_sum(values) / n,
-               "rto/dpo_reward": masked_sum(beta * (dpo - ref)) / rows, "rto/kl": masked_sum(old - ref) / rows}
+               "rto/dpo_reward": masked_sum(dpo_rewards) / rows, "rto/dpo_clipfrac": masked_sum(clipped) / n,
+               "rto/kl": masked_sum(old - ref) / rows}
     arrays = {"old_logps": old, "advantages": whiten(adv, tmask), "returns": returns, "token_rewards": rewards}
     return arrays, metrics
 
 
 # one compiled scorer per process and shape (shared by every Rollouts and run)
-score_rollout = nnx.jit(rollout_arrays, static_argnames=("beta", "kl_coef", "seq_coef", "gamma", "lam", "chunk_size"))
+score_rollout = nnx.jit(rollout_arrays, static_argnames=("gamma", "lam", "chunk_size", "beta", "rto_kl_coef",
+                                                         "rto_seq_coef", "rto_dpo_clip", "rto_seq_mean", "rto_seq_std",
+                                                         "rto_seq_clip"))
 
 
 def objective(config):
@@ -122,9 +174,8 @@ class Rollouts:
         self.key = jax.random.key(config.train.seed + 29)
         self.cached = (None, None)  # (rollout index, (batch, metrics))
         o = config.online
-        self.kw = dict(beta=float(config.loss.beta if config.loss.beta is not None else 0.1),
-                       kl_coef=float(o.rto_kl_coef), seq_coef=float(o.rto_seq_coef), gamma=float(o.gamma),
-                       lam=float(o.gae_lambda), chunk_size=config.likelihood.chunk_size)
+        self.kw = shaping(config, gym, reward_fn) | dict(gamma=float(o.gamma), lam=float(o.gae_lambda),
+                                                          chunk_size=config.likelihood.chunk_size)
 
     def example(self) -> dict:
         n, t = self.batch_size, self.gym.seq_len

@@ -3,7 +3,7 @@ splits; KTO's mismatched rows."""
 import numpy as np
 import pytest
 
-from pojax.data.pipeline import ArraySource, make_dataset, make_iterator, split_eval
+from pojax.data.pipeline import ArraySource, label_subsample, make_dataset, make_iterator, split_eval
 from pojax.data.tokenize import mismatched
 
 
@@ -122,3 +122,42 @@ def test_make_dataset_errors():
         ArraySource({"a": np.zeros(3), "b": np.zeros(4)})
     with pytest.raises(ValueError, match="the source is empty"):
         make_dataset({"x": np.zeros(0)}, batch_size=2, seed=0, shard_index=0, shard_count=1)
+
+
+def authors_subsample(labels, n_d, n_u, seed):
+    """The ELBO-KTO authors' --n_D / --n_U row selection (train.py's main, commit 80dc31e), re-
+    written: the global ``random`` seeded once, a sample of the desirable indices, then of the
+    undesirable ones, at least one of a label whose fraction is > 0, the union in row order."""
+    import random
+
+    if n_d >= 1.0 and n_u >= 1.0:
+        return list(range(len(labels)))
+    random.seed(seed)
+    pos = [i for i, y in enumerate(labels) if y]
+    neg = [i for i, y in enumerate(labels) if not y]
+    k_pos, k_neg = int(len(pos) * n_d), int(len(neg) * n_u)
+    k_pos = 1 if pos and k_pos == 0 and n_d > 0 else k_pos
+    k_neg = 1 if neg and k_neg == 0 and n_u > 0 else k_neg
+    chosen = (random.sample(pos, min(k_pos, len(pos))) if k_pos > 0 else []) + \
+             (random.sample(neg, min(k_neg, len(neg))) if k_neg > 0 else [])
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("n_d, n_u, seed", [(0.1, 1.0, 42), (1.0, 0.25, 42), (0.5, 0.5, 7), (0.0, 0.3, 42),
+                                             (0.001, 1.0, 3), (1.0, 1.0, 42)])
+def test_label_subsample_keeps_the_authors_rows(n_d, n_u, seed):
+    labels = np.random.default_rng(0).random(203) < 0.6
+    got = label_subsample(labels, n_d, n_u, seed)
+    assert got.dtype == np.int64 and got.tolist() == authors_subsample(labels.tolist(), n_d, n_u, seed)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    want_pos = max(int(n_pos * n_d), 1 if n_d > 0 else 0)
+    want_neg = max(int(n_neg * n_u), 1 if n_u > 0 else 0)
+    assert int(labels[got].sum()) == want_pos and int((~labels[got]).sum()) == want_neg
+    assert np.all(np.diff(got) > 0)  # row order kept, no repeats
+
+
+def test_label_subsample_errors():
+    with pytest.raises(ValueError, match="desirable_fraction must be in \\[0, 1\\], got 1.5"):
+        label_subsample(np.ones(3, bool), 1.5, 1.0, 0)
+    with pytest.raises(ValueError, match="cannot both be 0"):
+        label_subsample(np.ones(3, bool), 0.0, 0.0, 0)

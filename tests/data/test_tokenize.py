@@ -150,3 +150,101 @@ def test_step_rows_from_formats_encode():
     ids, mask = got["chosen_ids"][0], got["chosen_mask"][0]
     assert ids[:5].tolist() == ids_of(tok, "2+2? hi hello 4") + [tok.eos_token_id]
     assert mask[:5].tolist() == [False, False, False, True, True]
+
+
+# ------------------------------------------------------------------- data.completion_end (ELBO-KTO's window)
+
+LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+# LLaDA-8B-Instruct's published chat template (its tokenizer_config.json): every render ends with
+# the assistant header, whether or not add_generation_prompt is set
+LLADA_TEMPLATE = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                  "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+                  "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                  "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}")
+
+
+def llada_like_tokenizer():
+    """Word-level, with LLaDA's specials (BOS <|startoftext|>, EOS = PAD = <|endoftext|>) and template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>"] + LLADA_SPECIALS + ["user", "assistant", "name", "a", "color", "blue", "good", "bad", "seven"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                   additional_special_tokens=LLADA_SPECIALS[2:])
+    fast.chat_template = LLADA_TEMPLATE
+    return fast
+
+
+def authors_row(tok, row, max_length):
+    """(input_ids [max_length], prompt_length, completion_length) of an unpaired conversational row
+    as the ELBO-KTO authors build it (data_utils.DataProcessor.build_example, commit 80dc31e): the
+    templated prompt as text + the raw completion text, tokenized without added special tokens,
+    cut at max_length, then EOS to max_length; the completion is what lies past the prompt's tokens."""
+    prompt_text = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    ids = tok(prompt_text + row["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+    n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+    n_completion = max(min(max_length, len(ids)) - n_prompt, 0)
+    return ids[:max_length] + [tok.eos_token_id] * (max_length - len(ids)), n_prompt, n_completion
+
+
+KTO_ROWS = [{"prompt": [{"role": "user", "content": "name a color"}], "label": True,
+             "completion": [{"role": "assistant", "content": "blue good"}]},
+            {"prompt": [{"role": "user", "content": "name a"}], "label": False,
+             "completion": [{"role": "assistant", "content": "seven bad seven bad seven bad seven bad seven bad"}]}]
+
+
+def test_completion_end_none_scores_the_authors_window_exactly():
+    tok, width = llada_like_tokenizer(), 18  # row 1 runs past 18 tokens: cut as the authors cut it
+    out = tokenize.encode(KTO_ROWS, "unpaired", tok, max_prompt_length=0, max_completion_length=0, max_length=width,
+                          completion_end="none")
+    for i, row in enumerate(KTO_ROWS):
+        ids, n_prompt, n_completion = authors_row(tok, row, width)
+        assert out["input_ids"][i].tolist() == ids
+        assert out["completion_mask"][i].tolist() == [n_prompt <= t < n_prompt + n_completion for t in range(width)]
+    assert out["completion_mask"].sum(-1).tolist() == [2, 8]  # the completion's own tokens (row 1: cut), nothing after
+
+
+def test_default_completion_end_scores_what_the_template_writes_after_the_completion():
+    """TRL's window (data.completion_end=eos) with LLaDA's template: <|eot_id|> and the next assistant
+    header (the template always appends it) are scored too — L + 4 tokens here, not L + 1."""
+    tok = llada_like_tokenizer()
+    out = tokenize.encode(KTO_ROWS[:1], "unpaired", tok, max_prompt_length=16, max_completion_length=8)
+    window = tok.convert_ids_to_tokens(out["input_ids"][0][out["completion_mask"][0]].tolist())
+    assert window == ["blue", "good", "<|eot_id|>", "<|start_header_id|>", "assistant", "<|end_header_id|>"]
+
+
+def test_completion_end_none_on_plain_rows_appends_no_eos_and_drops_empty_completions():
+    tok = make_tokenizer(chat_template=False)
+    rows = [dict(prompt_text="name a color ", prompt=[{"role": "user", "content": "name a color"}], completion="blue",
+                 label=True, conversational=False),
+            dict(prompt_text="2+2?", prompt=[{"role": "user", "content": "2+2?"}], completion="", label=False,
+                 conversational=False)]
+    report = {}
+    out = tokenize.encode(rows, "unpaired", tok, max_prompt_length=8, max_completion_length=4, completion_end="none",
+                          report=report)
+    assert report["dropped_rows"] == 1 and report["kept_index"].tolist() == [0]
+    assert out["input_ids"][0][out["completion_mask"][0]].tolist() == ids_of(tok, "blue")
+    eos = tokenize.encode(rows[:1], "unpaired", tok, max_prompt_length=8, max_completion_length=4)
+    assert eos["input_ids"][0][eos["completion_mask"][0]].tolist() == ids_of(tok, "blue") + [tok.eos_token_id]
+    with pytest.raises(ValueError, match="config key data.completion_end: 'eot' is not one of eos, none"):
+        tokenize.encode(rows, "unpaired", tok, max_prompt_length=8, max_completion_length=4, completion_end="eot")
+
+
+def test_elbo_draws_score_exactly_the_completion_tokens():
+    """ELBO-KTO's L: every draw masks l of the L completion tokens (no EOS among them), weight L / l,
+    and some draws mask all L."""
+    from pojax.objectives.diffusion import example_draws
+
+    tok = llada_like_tokenizer()
+    out = tokenize.encode(KTO_ROWS * 32, "unpaired", tok, max_prompt_length=0, max_completion_length=0,
+                          max_length=24, completion_end="none")
+    window = out["completion_mask"]
+    draws = example_draws(0, np.arange(len(window)), window, n_mc=8, estimator="length")
+    mask, weight = np.asarray(draws.mask), np.asarray(draws.weight)
+    n = window.sum(-1)[:, None]
+    assert not (mask & ~window[:, None]).any()
+    np.testing.assert_allclose(weight * mask.sum(-1), np.broadcast_to(n, weight.shape), rtol=1e-6)
+    assert {2, 10} == {int(x) for x in n[:, 0]} and (mask.sum(-1) == n).any(axis=1).sum() > 0

@@ -48,6 +48,9 @@ def test_diffpo_recipe_two_steps_on_tiny_llama_with_reward_model(tmp_path):
         "diffpo.eval_steps": (1,), "logging.progress": False})
     validate(config)
     assert config.model.scan_layers and config.model.dtype == "bfloat16" and config.diffpo.omega == 0.1
+    d = config.diffpo  # CLLM's loss terms and DiffPO's reserved prefix
+    assert (d.label_smoothing, d.consistency_mask, d.divergence, d.reserve_tokens) == (0.1, "first_difference",
+                                                                                        "soft_ce", 12)
     results = run_diffpo(config, str(tmp_path / "run"))
 
     metrics = read_jsonl(tmp_path / "run" / "metrics_diffpo.jsonl")
@@ -94,6 +97,8 @@ def test_gemma2_aligner_recipe_two_steps_on_tiny_gemma2(tmp_path):
         "diffpo.eval_steps": (1,), "logging.progress": False})
     validate(config)
     assert config.model.attention_impl == "xla" and config.diffpo.omega == 0.1 and config.model.scan_layers
+    assert (config.diffpo.label_smoothing, config.diffpo.consistency_mask, config.diffpo.reserve_tokens) == (
+        0.1, "first_difference", 12)
     results = run_diffpo(config, str(tmp_path / "run"))
     metrics = read_jsonl(tmp_path / "run" / "metrics_diffpo.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]

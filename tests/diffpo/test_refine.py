@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 from pojax.diffpo import refine
+from pojax.diffpo.refine import draw_reserved_prefix
 from pojax.models import CausalLM, ModelConfig
 
 V = 40
@@ -117,3 +118,47 @@ def test_sampled_refine_is_reproducible_and_cold_sampling_is_greedy():
     assert cold == refine(model, None, prompts, base, **kw) == [_greedy(model, p, 4) for p in prompts]
     with pytest.raises(ValueError, match="temperature > 0 \\(sampled Jacobi updates\\) needs a PRNG key"):
         refine(model, None, prompts, base, temperature=1.0, **kw)
+
+
+def test_reserved_prefix_draws_are_uniform_inclusive_and_seeded():
+    """The authors' reserve = random.randint(0, reserve_tokens): every count 0 … 12 (both ends), evenly;
+    the same seed gives the same draws, another seed others."""
+    draws = draw_reserved_prefix(13_000, 12, seed=0)
+    counts = np.bincount(draws, minlength=13)
+    assert draws.min() == 0 and draws.max() == 12 and counts.size == 13
+    expected = 1000.0
+    chi2 = float(np.sum((counts - expected) ** 2 / expected))
+    assert chi2 < 32.9  # the 0.999 quantile of chi-square with 12 degrees of freedom
+    np.testing.assert_array_equal(draws, draw_reserved_prefix(13_000, 12, seed=0))
+    assert not np.array_equal(draws[:100], draw_reserved_prefix(100, 12, seed=1))
+    assert set(draw_reserved_prefix(50, 0, seed=3).tolist()) == {0}
+    with pytest.raises(ValueError, match="reserve_tokens must be >= 0, got -1"):
+        draw_reserved_prefix(4, -1, seed=0)
+
+
+def test_drawn_reserved_prefixes_are_kept_verbatim_and_steer_the_fixed_point():
+    """Per-row counts: each row's first r base tokens come back as they are, and the rest is the
+    aligner's greedy continuation of prompt + those tokens (to convergence); a base answer shorter than
+    its count is kept whole and continued."""
+    model = _model(5)
+    prompts = [[5, 6, 7], [8, 9], [10, 11], [3, 4, 5]]
+    base = [[20, 21, 22, 23, 24, 25], [30, 31, 32, 33], [12, 13, 14, 15, 16], [17]]
+    reserved = draw_reserved_prefix(len(prompts), 3, seed=4)
+    reserved[3] = 3  # longer than its base answer
+    out, stats = refine(model, None, prompts, base, max_steps=None, block_size=4, reserved_prefix=reserved,
+                        on_overflow="truncate", batch_size=2, return_stats=True)
+    assert all(stats["converged"])
+    for p, b, r, o in zip(prompts, base, reserved, out):
+        kept = b[:r]
+        assert o[:len(kept)] == kept
+        assert o[len(kept):] == _greedy(model, p + kept, 4, width=24)
+    assert reserved.tolist() != [0] * 4
+    cached = refine(model, None, prompts, base, max_steps=None, block_size=4, reserved_prefix=reserved,
+                    on_overflow="truncate", batch_size=2, prefix_cache=True)
+    assert cached == out
+    with pytest.raises(ValueError, match=r"reserved_prefix has shape \(2,\), not \(4,\): one count per base response"):
+        refine(model, None, prompts, base, max_steps=1, block_size=4, reserved_prefix=[1, 2], on_overflow="truncate")
+    with pytest.raises(ValueError, match="reserved_prefix must be >= 0, got -1"):
+        refine(model, None, prompts, base, max_steps=1, block_size=4, reserved_prefix=-1, on_overflow="truncate")
+    with pytest.raises(ValueError, match="base response 0 has 5 tokens after its 1 reserved, more than block_size=4"):
+        refine(model, None, prompts[:1], base[:1], max_steps=1, block_size=4, reserved_prefix=1)

@@ -37,11 +37,15 @@ def test_recipe_builds_and_validates():
     ("temperature", -0.5, "config key diffpo.temperature: must be >= 0"),
     ("on_overflow", "drop", "config key diffpo.on_overflow: 'drop' is not one of error, truncate, blocks"),
     ("max_states", 0, "config key diffpo.max_states: must be >= 1"),
+    ("consistency_mask", "prefix", "config key diffpo.consistency_mask: 'prefix' is not one of response, "
+                                   "first_difference"),
+    ("label_smoothing", 1.0, "config key diffpo.label_smoothing: must be in [0, 1), got 1.0"),
+    ("reserve_tokens", -1, "config key diffpo.reserve_tokens: must be >= 0 (0 = no reserved prefix), got -1"),
 ])
 def test_bad_keys_are_named(key, value, message):
     config = _config()
     config.diffpo[key] = value
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         validate_diffpo(config)
 
 
@@ -64,6 +68,41 @@ def test_tiny_run_writes_results(tmp_path):
     assert set(entry["best_of_n"]) == {"n1", "n2"}
     assert entry["forward_passes"]["k1"] == 1.0 and entry["forward_passes"]["converged"] <= 7
     assert results["steps"] == 3
+    assert (saved["reserve_tokens"], saved["label_smoothing"], saved["consistency_mask"]) == (1, 0.1, "first_difference")
+
+
+def test_gym_refinement_keeps_the_drawn_prefix():
+    """refine_gym with the task's draws: each response's first r tokens are the base policy's, the rest
+    is the aligner's greedy continuation of them (to convergence), with or without the prefix cache;
+    r = N keeps the whole response."""
+    import numpy as np
+    from flax import nnx
+
+    from pojax.data.gym import Gym
+    from pojax.diffpo.jacobi import greedy_next
+    from pojax.diffpo.refine import draw_reserved_prefix
+    from pojax.diffpo.trajectories import make_gym, policy_responses
+    from pojax.models import CausalLM, ModelConfig
+    from pojax.train.diffpo import refine_gym
+
+    gym = make_gym(Gym(), "chain")
+    model = CausalLM(ModelConfig(vocab_size=gym.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    prompts = gym.prompts(rng, 6)
+    base = policy_responses(gym, "skill_0.3", rng, prompts)
+    reserved = draw_reserved_prefix(6, 2, seed=1)
+    reserved[-1] = gym.response_len
+    out, _, _ = refine_gym(model, gym, prompts, base, max_steps=None, reserved=reserved)
+    cached, _, _ = refine_gym(model, gym, prompts, base, max_steps=None, reserved=reserved, prefix_cache=True)
+    np.testing.assert_array_equal(cached, out)
+    assert len(set(reserved.tolist())) > 1
+    n0 = 2 + gym.prompt_len
+    for i, r in enumerate(reserved):
+        np.testing.assert_array_equal(out[i, :r], base[i, :r])
+        row, _ = gym.sequence(prompts[i:i + 1], out[i:i + 1])
+        nxt = np.asarray(greedy_next(model, row))[0]  # a fixed point: every refined slot is the greedy token
+        np.testing.assert_array_equal(out[i, r:], nxt[n0 + r - 1:n0 + gym.response_len - 1])
 
 
 def test_ragged_trajectories_draw_only_real_states():

@@ -8,8 +8,10 @@ orbax's multi-process checkpoint needs that (with separate workdirs process 1 fa
 its part of a checkpoint directory that only process 0 created).
 """
 import os
+import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -17,7 +19,7 @@ from pojax.config import base_config
 from pojax.distributed import initialize_kwargs
 from tests.train.helpers import ROOT, main_cmd, read_jsonl
 
-STEPS = 4
+STEPS = 6
 ARGS = ["--config.train.sft_steps=0", "--config.model.num_layers=1", f"--config.train.max_steps={STEPS}", "--config.data.gym.num_train=256",
         "--config.logging.plots=False", "--config.train.export_final=False", "--config.eval.num_examples=0",
         "--config.data.gym.num_eval=8", "--config.eval.num_samples=1", "--config.mesh.data=-1"]
@@ -38,9 +40,12 @@ def _env(devices: int) -> dict:
 
 def test_initialize_kwargs_auto_detect():
     c = base_config()
-    assert initialize_kwargs(c) == dict(coordinator_address=None, num_processes=None, process_id=None)
+    timeouts = dict(initialization_timeout=300, heartbeat_timeout_seconds=100, shutdown_timeout_seconds=300)  # JAX's
+    assert initialize_kwargs(c) == dict(coordinator_address=None, num_processes=None, process_id=None, **timeouts)
     c.distributed.coordinator_address, c.distributed.num_processes, c.distributed.process_id = "10.0.0.1:1234", 8, 3
-    assert initialize_kwargs(c) == dict(coordinator_address="10.0.0.1:1234", num_processes=8, process_id=3)
+    c.distributed.heartbeat_timeout_s = 15
+    assert initialize_kwargs(c) == dict(coordinator_address="10.0.0.1:1234", num_processes=8, process_id=3,
+                                        **dict(timeouts, heartbeat_timeout_seconds=15))
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,74 @@ def runs(tmp_path_factory):
     for name, p, out in zip(("process 0", "process 1", "single process"), procs, outs):
         assert p.returncode == 0, f"{name}:\n{out[-3000:]}"
     return shared, single
+
+
+def _pair(workdir, *extra):
+    """Starts the two processes of a 2-host run (each on 4 CPU devices) on ``workdir``."""
+    port = _free_port()
+    dist = ["--config.distributed.initialize=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2", *extra]
+    return [subprocess.Popen(main_cmd(workdir, *ARGS, *dist, f"--config.distributed.process_id={i}"), cwd=ROOT,
+                             env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def _lines(path) -> int:
+    try:
+        with open(path) as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_for_lines(procs, path, n: int) -> None:
+    deadline = time.time() + 300
+    while _lines(path) < n:
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            pytest.fail(f"no step {n} in {path}: " + "\n".join(p.communicate()[0][-2000:] for p in procs))
+        time.sleep(0.01)
+
+
+def test_preemption_of_one_host_and_a_lost_host_then_resume_like_one(runs, tmp_path):
+    """Life 1: SIGTERM to process 1 only → both processes checkpoint the same step and exit 75.
+    Life 2: process 1 is SIGKILLed mid-run → process 0 exits non-zero within the heartbeat bound
+    (it does not wait in a collective forever). Life 3: the same command finishes, and the
+    metrics equal the 1-process run's."""
+    _, single = runs
+    work = tmp_path / "resilient"
+    metrics = work / "metrics.jsonl"
+    bound = 10  # distributed.heartbeat_timeout_s (and the shutdown barrier's wait)
+    extra = (f"--config.distributed.heartbeat_timeout_s={bound}", f"--config.distributed.shutdown_timeout_s={bound}")
+
+    procs = _pair(work, *extra)
+    _wait_for_lines(procs, metrics, 1)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], outs[0][-3000:] + outs[1][-3000:]
+    stopped = _lines(metrics)
+    assert f"pojax: SIGTERM received: stage train stopped after step {stopped}, checkpoint written to" in outs[0]
+    assert max(int(d) for d in os.listdir(work / "checkpoints" / "train") if d.isdigit()) == stopped
+
+    procs = _pair(work, *extra)
+    _wait_for_lines(procs, metrics, stopped + 1)
+    procs[1].kill()
+    lost_at = time.time()
+    out = procs[0].communicate(timeout=300)[0]
+    waited = time.time() - lost_at
+    procs[1].wait()
+    assert procs[0].returncode != 0, out[-3000:]
+    assert waited < 3 * bound + 20, (waited, out[-3000:])
+    print(f"process 0 exited {waited:.1f} s after process 1 was lost (status {procs[0].returncode}):\n{out[-1500:]}")
+
+    procs = _pair(work, *extra)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    two, one = _by_step(str(work)), _by_step(single)
+    assert sorted(two) == sorted(one) == list(range(1, STEPS + 1))
+    for step in one:
+        for key in COMPARED:
+            assert two[step][key] == pytest.approx(one[step][key], rel=1e-4, abs=1e-5), (step, key)
 
 
 def _by_step(workdir):

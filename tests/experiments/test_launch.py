@@ -78,13 +78,13 @@ def test_format_value():
 
 
 def test_status_table():
-    rows = [{"name": "a-long-name", "state": "running", "start": 100.0, "end": None, "rc": None},
+    rows = [{"name": "a-long-name", "state": "running", "start": 100.0, "end": None, "rc": 75, "restarts": 2},
             {"name": "b", "state": "failed", "start": 0.0, "end": 75.0, "rc": 2},
             {"name": "c", "state": "pending", "start": None, "end": None, "rc": None}]
     text = local.status_table(rows, now=3700.0 + 100)
     lines = text.splitlines()
     assert lines[0].split() == ["run", "state", "elapsed", "rc"]
-    assert lines[1].split() == ["a-long-name", "running", "1:01:40"]
+    assert lines[1].split() == ["a-long-name", "running", "1:01:40", "75", "+2"]
     assert lines[2].split() == ["b", "failed", "1:15", "2"]
     assert lines[3].split() == ["c", "pending"]
     assert lines[4] == "pending=1  running=1  done=0  failed=1  skipped=0"
@@ -170,8 +170,8 @@ def test_tpu_vm_dry_run_v5p_64(tmp_path):
     host_lines = [ln for ln in lines if "--worker=" in ln and "--worker=all" not in ln]
     assert len(host_lines) == 2 * 8  # 2 runs x 8 hosts
     for i, line in enumerate(host_lines[:8]):
-        assert line.endswith(" &")
-        argv = shlex.split(line[:-2])
+        assert line.endswith(" & pids+=($!)")
+        argv = shlex.split(line.removesuffix(" & pids+=($!)"))
         assert argv[:-1] == tpu + ["ssh", "llama-sweep", *where, f"--worker={i}"]
         remote = argv[-1].removeprefix("--command=")
         main = shlex.split(remote.split(" > ")[0].removeprefix("cd ~/pojax && "))
@@ -180,7 +180,7 @@ def test_tpu_vm_dry_run_v5p_64(tmp_path):
                         "--config.loss.name=sigmoid", "--config.distributed.initialize=True",
                         "--config.logging.progress=False"]
         assert f"gcloud storage cp /tmp/pojax-sigmoid.host{i}.log 'gs://bucket/my sweep/sigmoid/log.host{i}.txt'" in remote
-    assert lines[lines.index(host_lines[7]) + 1] == "wait"
+    assert lines[lines.index(host_lines[7]) + 1].lstrip().startswith("again=0; fail=0; for p in")
     assert "--config.reference.mode=none" in host_lines[8]
 
 
@@ -202,7 +202,7 @@ def test_slurm_dry_run(tmp_path):
     assert "#SBATCH --nodes=4" in lines and "#SBATCH --gpus-per-node=8" in lines
     assert "#SBATCH --ntasks-per-node=1" in lines and "#SBATCH --partition=a100" in lines
     assert 'export POJAX_COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):12355"' in lines
-    srun = shlex.split(lines[-1])
+    srun = shlex.split(next(ln for ln in lines if ln.startswith("srun ")))
     assert srun[:3] == ["srun", "bash", "-c"] and len(srun) == 4
     inner = shlex.split(srun[3])  # what each task's bash runs, before it expands the variables
     assert inner[:5] == ["python", "-m", "pojax.main", "--config=configs/llama3_8b_dpo_ultrafeedback.py",
@@ -257,3 +257,86 @@ def test_status_printer_throttles_in_logs():
     printer.show("t2", changed=True)
     printer.show("t3", changed=False, final=True)
     assert out.getvalue() == "t1\n\nt3\n"
+
+
+def _fake_program(path, body: str) -> str:
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_local_relaunches_a_preempted_run(tmp_path):
+    """A run that exits 75 (preempted) or 76 (stuck step) is started again; one that exits 2
+    is not. The "python" here is a script that fails with the statuses of a list, one per call."""
+    sweep = sweeps.load(write_sweep(tmp_path, "base = 'configs/quickstart.py'\nruns = [{'train.seed': 0}, {'train.seed': 1}]\n"))
+    python = _fake_program(tmp_path / "py", """
+workdir=$(printf '%s\\n' "$@" | sed -n 's/^--workdir=//p')
+n=$(cat "$workdir/calls" 2>/dev/null || echo 0); echo $((n + 1)) > "$workdir/calls"
+case "$(basename "$workdir")" in
+  seed0) codes=(75 76 0);;
+  *) codes=(2 0);;
+esac
+exit ${codes[$n]}
+""")
+    out = io.StringIO()
+    states = local.run_local(sweep, sweep.runs, str(tmp_path / "runs"), parallel=2, python=python, poll=0.05,
+                             refresh=0.0, stream=out)
+    assert states == {"seed0": local.DONE, "seed1": local.FAILED}
+    assert (tmp_path / "runs" / "seed0" / "calls").read_text().strip() == "3"  # 75, 76, then finished
+    assert (tmp_path / "runs" / "seed1" / "calls").read_text().strip() == "1"  # bad input: not relaunched
+    assert "FAILED seed1 (exit 2)" in out.getvalue()
+    assert [local.restartable(rc) for rc in (0, 1, 2, 3, 74, 75, 76)] == [False] * 5 + [True] * 2
+
+
+def test_tpu_vm_script_relaunches_every_host(tmp_path):
+    """The dry-run script's loop, run with a fake gcloud: attempt 1 has host 3 preempted (75) and
+    the others lost (1), attempt 2 finishes; a run with a bad-input host (2) is not relaunched."""
+    sweep = sweeps.load(write_sweep(tmp_path, V5P))
+    text = tpu_vm.script(sweep, sweep.runs)
+    loops = text[text.index("# run sigmoid"):]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    _fake_program(fake / "gcloud", f"""
+worker=$(printf '%s\\n' "$@" | sed -n 's/^--worker=//p')
+cmd=$(printf '%s\\n' "$@" | sed -n 's/^--command=//p')
+run=sigmoid; case "$cmd" in *simpo*) run=simpo;; esac
+log={tmp_path}/calls.$run; echo "$worker" >> "$log"
+n=$(grep -c . "$log")
+if [ $run = sigmoid ]; then
+  [ $n -le 8 ] || exit 0; [ "$worker" = 3 ] && exit 75; exit 1
+fi
+[ "$worker" = 0 ] && exit 2; exit 1
+""")
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
+    import subprocess
+
+    proc = subprocess.run(["bash", "-c", loops], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "calls.sigmoid").read_text().split()) == 16  # 8 hosts, twice
+    assert len((tmp_path / "calls.simpo").read_text().split()) == 8  # a bad-input host: once
+    assert tpu_vm.relaunch([75] + [1] * 7) and tpu_vm.relaunch([76, 0]) and not tpu_vm.relaunch([0, 0])
+    assert not tpu_vm.relaunch([2, 75]) and not tpu_vm.relaunch([74, 1])
+
+
+def test_slurm_script_requeues_a_preempted_job(tmp_path):
+    """The sbatch script run with fake srun / scontrol: exit 75 from srun → scontrol requeue of
+    the job and the script's status is 75; exit 2 → no requeue."""
+    sweep = sweeps.load(write_sweep(tmp_path, V5P + "nodes = 2\ngpus_per_node = 8\n"))
+    root = tmp_path / "runs"
+    launch.launch(sweep, backend="slurm", workdir=str(root), dry_run=True, stream=io.StringIO())
+    script = (root / "sigmoid" / "sbatch.sh").read_text()
+    assert "#SBATCH --requeue" in script.splitlines() and "#SBATCH --signal=USR1@180" in script.splitlines()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    _fake_program(fake / "scontrol", f'echo "$@" >> {tmp_path}/scontrol.log; echo node1\n')
+    import subprocess
+
+    for rc, requeued in ((75, True), (76, True), (2, False), (0, False)):
+        (tmp_path / "scontrol.log").unlink(missing_ok=True)
+        _fake_program(fake / "srun", f"exit {rc}\n")
+        env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node1")
+        proc = subprocess.run(["bash", str(root / "sigmoid" / "sbatch.sh")], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == rc, proc.stderr
+        log = (tmp_path / "scontrol.log").read_text()
+        assert ("requeue 4242" in log) == requeued, (rc, log)

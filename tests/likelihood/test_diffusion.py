@@ -318,3 +318,49 @@ def test_sft_loss_times_answer_length_estimates_minus_the_timestep_elbo():
     for r in range(3):
         _, target = exact_elbos(model, TOKENS[r], ~PROMPT[r], dl.DEFAULT_EPS)
         assert abs(z_score(scaled[r], target)) < 4, r
+
+
+# ------------------------------------------------------------------- 'length' = the ELBO-KTO authors' l draws
+
+
+def authors_lengths(n_rows: int, n_mc: int, n_tokens: int) -> np.ndarray:
+    """[n_rows, n_mc] l of the ELBO-KTO authors' draws (precompute_bref.py, commit 80dc31e): per row
+    index i a base seed h(G ^ i), per draw k = 1..K the seed h(base ^ k·φ) (tag 0), and
+    l = 1 + h(seed) mod L, with h the SplitMix64 finalizer (φ = 0x9E3779B97F4A7C15). Numpy uint64
+    arithmetic wraps modulo 2^64 as their masks do."""
+    phi = np.uint64(0x9E3779B97F4A7C15)
+
+    def h(x):
+        z = x + phi
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    base = h(np.uint64(0x1A2B3C4D5E6F7788) ^ np.arange(n_rows, dtype=np.uint64))[:, None]
+    k = np.arange(1, n_mc + 1, dtype=np.uint64)[None, :]
+    return (1 + h(h(base ^ (k * phi))) % np.uint64(n_tokens)).astype(np.int64)
+
+
+def chi2_uniform(values, n_cells):
+    counts = np.bincount(values, minlength=n_cells)
+    assert len(counts) == n_cells, counts
+    expected = len(values) / n_cells
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_length_draws_are_iid_uniform_per_draw_as_the_authors_draw_them():
+    """'length': every l_j uniform on 1..L and independent of the row's other draws, like the
+    authors' l_from_seed (checked by the same chi-square bounds on both, fixed seeds: 99.99th
+    percentiles of χ²(L − 1) and χ²(L² − 1)); 'length_stratified' is not independent within a row."""
+    n_rows, m, n = 2000, 8, 5
+    resp = jnp.asarray(np.tile([False] + [True] * n + [False], (n_rows, 1)))
+    ours = np.asarray(make_draws_jit(jax.random.key(11), resp, n_mc=m, estimator="length").mask).sum(-1)
+    theirs = authors_lengths(n_rows, m, n)
+    strat = np.asarray(make_draws_jit(jax.random.key(11), resp, n_mc=m, estimator="length_stratified").mask).sum(-1)
+    for l in (ours, theirs, strat):
+        assert l.min() == 1 and l.max() == n
+        assert chi2_uniform(l.ravel() - 1, n) < 23.5  # uniform marginals, all three
+    pair = lambda l: ((l[:, 0::2] - 1) * n + (l[:, 1::2] - 1)).ravel()  # (l_1, l_2), (l_3, l_4), ... per row
+    assert chi2_uniform(pair(ours), n * n) < 58.6  # independent draws: uniform on the L² pairs
+    assert chi2_uniform(pair(theirs), n * n) < 58.6
+    assert chi2_uniform(pair(strat), n * n) > 1000.0  # stratified lengths are not

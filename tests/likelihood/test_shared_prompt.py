@@ -154,6 +154,8 @@ def test_pair_ranked_unpaired_logps_equal_unshared():
                 for x, y in [(ta.policy, tb.policy), (ta.ref, tb.ref)]:
                     np.testing.assert_allclose(np.where(tb.mask, x, 0), np.where(tb.mask, y, 0), atol=2e-5)
             a, b = (dataclasses.replace(x, chosen_tokens=None, rejected_tokens=None) for x in (a, b))
+        if fn is ranked_logps:  # tpo's lengths: the scored (shifted) completion tokens of each response
+            np.testing.assert_array_equal(a.length, mask[:, :, 1:].sum(-1))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             np.testing.assert_allclose(x, y, atol=1e-4, rtol=1e-5)
     # and the DPO loss at init (policy = reference) is log 2 through the shared path

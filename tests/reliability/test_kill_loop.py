@@ -1,4 +1,5 @@
-"""SIGKILL of a real ``python -m pojax.main`` run, restarted on the same workdir: every restart
+"""SIGKILL, SIGTERM (a preemption notice) and a checkpoint directory that stops taking writes,
+each on a real ``python -m pojax.main`` run, restarted on the same workdir: every restart
 resumes from the last complete checkpoint, and the finished run's metrics equal an
 uninterrupted run's.
 
@@ -13,9 +14,17 @@ the run always advances and kills land inside training and its checkpoint writes
 One kill between checkpoints (checkpoint.every_steps=5): the resumed run restores the step-5
 checkpoint, replays the steps after it and lands on the uninterrupted loss curve.
 
-Both tests compare against one uninterrupted run (the module's fixture): checkpoint.every_steps
+SIGTERM at a random moment inside training (checkpoint.every_steps=5): the run checkpoints the
+step it is in, exits 75 with one line, and the relaunch finishes on the uninterrupted curve.
+
+The checkpoint directory made immutable mid-run (chattr +i; chmod does not stop root): the run
+stops with exit 74 and one line naming the directory and the cause; the last complete checkpoint
+stays the latest, and the relaunch (writable again) finishes on the uninterrupted curve.
+
+All compare against one uninterrupted run (the module's fixture): checkpoint.every_steps
 changes when checkpoints are written, not what is trained."""
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -131,3 +140,76 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, clean):
     assert [r["step"] for r in read_jsonl(metrics)] == list(range(1, STEPS + 1))
     np.testing.assert_allclose(losses(killed), losses(clean), rtol=0, atol=1e-6)
     assert sorted(os.listdir(killed / "checkpoints" / "train"), key=int)[-1] == str(STEPS)
+
+
+def _start_and_wait_for(workdir, run, env, lines: int):
+    proc = subprocess.Popen(main_cmd(workdir, *run), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and _lines(workdir / "metrics.jsonl") < lines:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before step {lines}: {proc.stderr.read()[-3000:]}"
+    return proc
+
+
+def _pojax_lines(stderr: str) -> list:
+    return [line for line in stderr.splitlines() if line.startswith("pojax: ") and "run directory" not in line]
+
+
+def test_sigterm_checkpoints_the_step_and_the_relaunch_resumes(tmp_path, clean):
+    clean, _, env = clean
+    work = tmp_path / "preempted"
+    run = flags(**dict(SETTINGS, **{"checkpoint.every_steps": 5}))
+    proc = _start_and_wait_for(work, run, env, lines=2)
+    time.sleep(np.random.default_rng(3).uniform(0.0, 0.5))  # somewhere inside a step
+    signalled_at = _lines(work / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    stopped = _lines(work / "metrics.jsonl")  # every step is logged (logging.every_steps = 1)
+    assert signalled_at <= stopped < STEPS
+    [line] = _pojax_lines(err)
+    assert line == (f"pojax: SIGTERM received: stage train stopped after step {stopped}, checkpoint written to "
+                    f"{work / 'checkpoints' / 'train'}; run the same command again to resume (exit status 75)")
+    saved = sorted(int(d) for d in os.listdir(work / "checkpoints" / "train") if d.isdigit())
+    assert saved[-1] == stopped  # the step it was in, not the last periodic one (5)
+    _finish(work, run, env)
+    assert [r["step"] for r in read_jsonl(work / "metrics.jsonl")] == list(range(1, STEPS + 1))
+    np.testing.assert_array_equal(losses(work), losses(clean))
+
+
+def _immutable(path, on: bool) -> bool:
+    """chattr ±i (root ignores chmod); False where the filesystem or the user cannot."""
+    return shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+def test_unwritable_checkpoint_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, clean):
+    clean, _, env = clean
+    work = tmp_path / "readonly"
+    ckpts = work / "checkpoints" / "train"
+    proc = subprocess.Popen(main_cmd(work, *RUN), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (ckpts / "2").is_dir():
+        time.sleep(0.005)
+    if os.geteuid() != 0:
+        ckpts.chmod(0o555)
+    elif not _immutable(ckpts, True):
+        proc.kill()
+        pytest.skip("cannot make a directory read-only for root here (no chattr +i)")
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        _immutable(ckpts, False)
+        ckpts.chmod(0o755)
+    assert proc.returncode == 74, err[-3000:]
+    [line] = _pojax_lines(err)
+    kept = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+    assert line.startswith(f"pojax: writing checkpoints to {ckpts} failed by step "), line
+    assert line.endswith(f"); step {kept[-1]} stays the latest checkpoint"), line
+    assert "Permission" in line or "not permitted" in line, line
+    assert kept[-1] >= 2 and kept[-1] < STEPS
+    _finish(work, RUN, env)  # writable again: resumes from the kept checkpoint
+    assert [r["step"] for r in read_jsonl(work / "metrics.jsonl")] == list(range(1, STEPS + 1))
+    np.testing.assert_array_equal(losses(work), losses(clean))
