@@ -63,10 +63,9 @@ def sft_workdir(tmp_path_factory):
     ({"loss.name": "simpo", "reference.mode": "none", "loss.beta": 2.0}, None),
     ({"reference.mode": "precomputed"}, math.log(2)),
     ({"loss.name": "beta_dpo"}, math.log(2)),  # running margin statistics threaded through the train state
-    ({"loss.name": "plackett_luce", "loss.beta": 0.5}, None),  # listwise, on the gym's ranked sets (K = 4)
-    # the smallest margin of the set (gold gain 0.071 at 120 steps, 0.062 at 60): it keeps 120; its run
-    # time is mostly compiles, not steps
-    ({"reference.mode": "lora_base", "optimizer.learning_rate": 2e-3, "train.max_steps": 120}, math.log(2)),
+    # left out for CI time (40 min on 2 cores): plackett_luce (a listwise run: tests/train/test_file_recipes.py::
+    # test_ranked_rows_train_a_listwise_loss; the gym sweep) and reference.mode=lora_base (its loss and gradients equal the frozen copy's:
+    # test_reference_modes_agree_on_loss_and_gradients)
 ])
 def test_gold_reward_improves(sft_workdir, tmp_path, overrides, first_loss):
     # 60 steps: measured gold gains 0.13 to 0.25 and win rates 0.88 to 0.98 (120 steps until the CI budget)
