@@ -129,6 +129,8 @@ def test_preemption_of_one_host_and_a_lost_host_then_resume_like_one(runs, tmp_p
     procs[1].wait()
     assert procs[0].returncode != 0, out[-3000:]
     assert waited < 3 * bound + 20, (waited, out[-3000:])
+    # JAX's coordination service names the lost process (task 1) before it ends this one
+    assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in out, out[-3000:]
     print(f"process 0 exited {waited:.1f} s after process 1 was lost (status {procs[0].returncode}):\n{out[-1500:]}")
 
     procs = _pair(work, *extra)
