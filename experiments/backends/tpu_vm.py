@@ -27,10 +27,11 @@ import shlex
 import subprocess
 
 from experiments import sweeps
+from pojax.train.checkpoint import EXIT_CHECKPOINT_WRITE
 from pojax.train.preemption import EXIT_PREEMPTED, EXIT_STUCK
 
 MAX_RESTARTS = 10  # relaunches of one run after preemption, a stuck step or a lost host
-NEEDS_A_PERSON = (2, 3, 74)  # bad input, non-finite stop (nan_policy=stop), checkpoint write failed
+NEEDS_A_PERSON = (2, 3, EXIT_CHECKPOINT_WRITE)  # bad input, non-finite stop (nan_policy=stop), checkpoint write failed
 REMOTE_DIR = "~/pojax"  # the project's copy on every worker (relative to the ssh user's home)
 TARBALL = "/tmp/pojax-src.tgz"  # the working tree, packed locally and copied to every worker
 
