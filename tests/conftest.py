@@ -1,5 +1,5 @@
 """Test set-up, before JAX initializes: 8 host CPU devices for mesh tests, and one persistent
-XLA compilation cache for the whole test run.
+XLA compilation cache for the whole test run, and XLA's fast-compile flags (tests/xla.py).
 
 The cache (JAX_COMPILATION_CACHE_DIR) is a fresh directory per run, made by the controlling
 pytest process and inherited by its xdist workers and by every ``python -m pojax.main`` a test
@@ -13,9 +13,14 @@ import os
 import shutil
 import tempfile
 
+from tests.xla import FAST_COMPILE
+
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+    flags += " --xla_force_host_platform_device_count=8"
+if "xla_backend_optimization_level" not in flags:
+    flags += " " + FAST_COMPILE
+os.environ["XLA_FLAGS"] = flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _OWN_CACHE = None

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests import xla
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -122,7 +124,7 @@ def test_checkpoint_error_reaches_the_user_as_one_line(tmp_path):
 
 
 def test_mesh_that_does_not_fit_names_the_key_the_user_set(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla.flags(1))
     proc = subprocess.run([sys.executable, "-m", "pojax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
                            "--config.mesh.fsdp=3"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert one_line(proc).startswith("pojax: config key mesh.fsdp: mesh.fsdp=3: 1 device(s) do not divide")

@@ -20,6 +20,7 @@ import pytest
 
 from pojax.config import base_config
 from pojax.distributed import initialize_kwargs
+from tests import xla
 from tests.train.helpers import ROOT, main_cmd, read_jsonl
 
 STEPS = 6
@@ -37,7 +38,7 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla.flags(devices)
     return env
 
 

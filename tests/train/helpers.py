@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from tests import xla
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -46,7 +48,7 @@ def main_cmd(workdir, *args):
 def run_main(workdir, *args, devices=None, timeout=600):
     env = dict(os.environ)
     if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = xla.flags(devices)
     proc = subprocess.run(main_cmd(workdir, *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
