@@ -310,6 +310,19 @@ def _validate_resilience(config) -> None:
             raise ConfigError(f"distributed.{key}", f"must be a number of seconds >= 1, got {value!r}")
 
 
+MU_DTYPES = ("", "float32", "bfloat16", "float16")
+REFERENCE_DTYPES = ("", "compute", "float32", "bfloat16", "float16")
+
+
+def _validate_memory(config) -> None:
+    """optimizer.mu_dtype and reference.dtype (held by the reference copy only)."""
+    _one_of(config, "optimizer.mu_dtype", MU_DTYPES)
+    _one_of(config, "reference.dtype", REFERENCE_DTYPES)
+    if config.reference.dtype and config.reference.mode != "copy":
+        raise ConfigError("reference.dtype", f"sets the dtype of the reference copy (reference.mode='copy'); "
+                          f"reference.mode={config.reference.mode!r} holds none")
+
+
 def _validate_subsample(config) -> None:
     """data.completion_end's values; data.desirable_fraction / undesirable_fraction in [0, 1], not
     both 0, and below 1 only for unpaired training rows (an unpaired loss)."""
@@ -351,6 +364,7 @@ def validate(config) -> None:
     _one_of(config, "checkpoint.best_mode", ("min", "max"))
     _one_of(config, "train.nan_policy", ("skip", "stop"))
     _validate_resilience(config)
+    _validate_memory(config)
     from pojax.models.config import REMAT_POLICIES
 
     _one_of(config, "model.remat", REMAT_POLICIES)

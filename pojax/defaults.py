@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.reference.lora_rank = 8  # reference.mode = "lora_base": adapter rank
     c.reference.lora_alpha = 16.0  # and scale numerator (scale = alpha / rank)
     c.reference.cache_dir = ""  # reference.mode = "precomputed": dir storing the values + manifest for reuse; "" = in-run only
+    # reference.mode = "copy": the dtype the frozen copy's parameters are held in. "" = the policy's (float32 master
+    # weights); "compute" = model.dtype (what TRL loads its reference in); or a dtype name ("bfloat16": half the bytes)
+    c.reference.dtype = ""
     # TR-DPO (Gorbatovski et al., arXiv 2404.09656; TRL's names): with reference.mode = "copy", after every
     # ref_model_sync_steps-th optimizer step the reference becomes α·policy + (1 − α)·reference (pojax.train.step.sync_reference)
     c.reference.sync_ref_model = False  # TRL's sync_ref_model: move the reference towards the policy during training
@@ -114,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9  # AdamW β1
     c.optimizer.b2 = 0.999  # AdamW β2
     c.optimizer.max_grad_norm = 1.0  # global-norm clipping; 0 = off
+    c.optimizer.mu_dtype = ""  # AdamW's first moment (optax's mu_dtype): "" = the parameters' dtype; "bfloat16" halves it
 
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 100  # optimizer steps

@@ -37,17 +37,19 @@ class Workload:
     completion_len: int  # tokens, the appended EOS included
     learning_rate: float = 1e-5
     beta: float = 0.1
+    tied: bool = False  # the LM head is the embedding matrix
+
 
     @property
     def seq_len(self) -> int:
         return self.prompt_len + self.completion_len
 
     def params(self) -> int:
-        """Parameters of the Llama (untied head)."""
+        """Parameters of the Llama."""
         d, f, v = self.hidden, self.intermediate, self.vocab
         head = d // self.heads
         attn = d * d * 2 + 2 * d * self.kv_heads * head
-        return self.layers * (attn + 3 * d * f + 2 * d) + 2 * v * d + d
+        return self.layers * (attn + 3 * d * f + 2 * d) + (1 if self.tied else 2) * v * d + d
 
 
 WORKLOADS = {
@@ -55,6 +57,9 @@ WORKLOADS = {
                      prompt_len=64, completion_len=64),
     "small": Workload("small", hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1376, vocab=32768, pairs=4,
                       prompt_len=256, completion_len=256),
+    # Qwen2.5-0.5B's shape in Llama blocks (no q/k/v bias): 494M parameters, tied embeddings
+    "medium": Workload("medium", hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936,
+                       pairs=2, prompt_len=256, completion_len=256, tied=True),
 }
 
 
@@ -81,14 +86,14 @@ def make_tokenizer(vocab: int, path: str):
 
 
 def make_model(w: Workload, path: str, seed: int = 0) -> None:
-    """A random-init LlamaForCausalLM (fp32, untied head) saved with save_pretrained."""
+    """A random-init LlamaForCausalLM (fp32) saved with save_pretrained."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=w.vocab, hidden_size=w.hidden, intermediate_size=w.intermediate,
                          num_hidden_layers=w.layers, num_attention_heads=w.heads, num_key_value_heads=w.kv_heads,
-                         max_position_embeddings=max(2048, w.seq_len), tie_word_embeddings=False, bos_token_id=1,
+                         max_position_embeddings=max(2048, w.seq_len), tie_word_embeddings=w.tied, bos_token_id=1,
                          eos_token_id=2, pad_token_id=0, torch_dtype="float32")
     LlamaForCausalLM(config).save_pretrained(path)
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pojax import sharding
 from pojax.config import ConfigError
 from pojax.data.pipeline import make_iterator, restore_iterator
+from pojax.train import memory
 from pojax.train.checkpoint import Checkpoints
 from pojax.train.metrics import MetricsWriter
 from pojax.train.optim import current_learning_rate
@@ -222,8 +223,8 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
     def to_global(host_batch):
         return {k: jax.make_array_from_process_local_data(batch_sh[k], v, global_shapes[k]) for k, v in host_batch.items()}
 
-    jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, frozen_sh, ref_sh), out_shardings=(state_sh, None),
-                     donate_argnums=(0,))
+    jitted = memory.CompiledStep(jax.jit(step_fn, in_shardings=(state_sh, batch_sh, frozen_sh, ref_sh),
+                                         out_shardings=(state_sh, None), donate_argnums=(0,)))
 
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints", name), keep=config.checkpoint.keep)
     best_metric = config.checkpoint.best_metric if eval_fn is not None else ""
@@ -264,6 +265,10 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
                 if skipped and nan_policy == "stop":
                     _close(bar, source, ckpt, best, writer)  # in-flight saves of earlier (good) steps complete
                     raise NonFiniteError(name, step + 1, mean.result())
+            if step == start:  # the first step of this call: where the memory goes (workdir/memory.json)
+                report = memory.report(jitted.compiled, state, frozen, ref_state)
+                logging.info(memory.summary(name, report))
+                memory.write(workdir, name, report)
             if on_step is not None:
                 state, more = on_step(step, state, mean.result())
                 extra.update(more)

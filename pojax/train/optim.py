@@ -27,20 +27,45 @@ def schedule(config, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def _adamw(learning_rate, *, b1: float, b2: float, weight_decay: float) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm's rule, g ← g · min(1, max_norm / ‖g‖₂) over the whole tree, as
+    one scalar factor multiplied into each element.
+
+    optax divides every element by the norm instead (``t / ‖g‖ · max_norm``). XLA counts a
+    divide as too costly to recompute in each consumer, so it writes the clipped gradients to
+    a buffer of their own, read by Adam's two moment updates: one more parameter-sized temporary
+    in the step (0.5B fp32: 1.8 GiB). With a multiply the clip fuses into those updates. The two
+    differ by rounding only (≤ 1 ulp per element).
+    """
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def _adamw(learning_rate, *, b1: float, b2: float, weight_decay: float, mu_dtype=None) -> optax.GradientTransformation:
     # learning_rate is the injected float32 value of this update; handing it to adamw as a
     # schedule keeps optax's scale_by_schedule path, which casts it to each update's dtype (a
     # bare array would promote bfloat16 updates to float32)
-    return optax.adamw(lambda count: learning_rate, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay)
+    return optax.adamw(lambda count: learning_rate, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay,
+                       mu_dtype=mu_dtype)
+
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     o = config.optimizer
     parts = []
     if o.max_grad_norm and o.max_grad_norm > 0:
-        parts.append(optax.clip_by_global_norm(o.max_grad_norm))
-    adamw = optax.inject_hyperparams(_adamw, static_args=("b1", "b2", "weight_decay"), hyperparam_dtype=jnp.float32)
-    parts.append(adamw(schedule(config, total_steps), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+        parts.append(clip_by_global_norm(o.max_grad_norm))
+    adamw = optax.inject_hyperparams(_adamw, static_args=("b1", "b2", "weight_decay", "mu_dtype"),
+                                     hyperparam_dtype=jnp.float32)
+    mu_dtype = o.get("mu_dtype", "")  # checked by pojax.config.validate
+    parts.append(adamw(schedule(config, total_steps), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                       mu_dtype=jnp.dtype(mu_dtype) if mu_dtype else None))
     tx = optax.chain(*parts)
     if config.train.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.train.grad_accum_steps)

@@ -69,9 +69,19 @@ def load_tokenizer(config):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never run a checkpoint's code (nor ask to)
 
 
-def _copy(model):
-    graphdef, state = nnx.split(model)
-    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+def _copy(model, dtype=None):
+    """A copy of ``model``; with ``dtype``, its floating-point parameters cast to it."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    cast = lambda x: x.astype(dtype) if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating) else jnp.copy(x)
+    return nnx.merge(graphdef, jax.tree.map(cast, params), jax.tree.map(jnp.copy, rest))
+
+
+def reference_dtype(config):
+    """reference.dtype as a dtype, or None: the policy's parameter dtype."""
+    name = config.reference.get("dtype", "")
+    if not name:
+        return None
+    return jnp.dtype(config.model.dtype if name == "compute" else name)
 
 
 def mesh_and_rules(config):
@@ -186,9 +196,11 @@ def run_train(config, workdir: str | None) -> dict:
     trainable, reference, before, cache_reused = nnx.Param, None, None, None
     ref_sync = None
     if mode == "copy":
-        reference = before = _copy(model)
-        if config.reference.sync_ref_model:  # TR-DPO moves the reference; the gym's gold eval compares to the start
+        ref_dtype = reference_dtype(config)
+        reference = before = _copy(model, ref_dtype)
+        if config.reference.sync_ref_model:  # TR-DPO moves the reference
             ref_sync = (config.reference.ref_model_mixup_alpha, config.reference.ref_model_sync_steps)
+        if config.reference.sync_ref_model or ref_dtype is not None:  # the gym's gold eval compares to the start
             before = _copy(model) if gym else None
     elif mode == "precomputed":  # one pass of the starting policy (or reference.cache_dir), then only values
         before = _copy(model)

@@ -2,10 +2,19 @@
 shardings. Parameters travel as an nnx.State (a pytree); the model graph is static.
 
 Non-finite guard: the step checks ``isfinite(loss) & all(isfinite(grads))`` on the device and,
-when it fails, returns the input state unchanged except for ``step`` (parameters, optimizer
-state and loss state are selected tree-wise with ``jnp.where``), with the metric ``skipped`` = 1.
-No value is fetched to the host for this: the loop reads ``skipped`` with the step's other
-metrics and applies ``train.nan_policy`` (skip: carry on; stop: raise NonFiniteError).
+when it fails, returns the input state unchanged except for ``step``, with the metric
+``skipped`` = 1. No value is fetched to the host for this: the loop reads ``skipped`` with the
+step's other metrics and applies ``train.nan_policy`` (skip: carry on; stop: raise
+NonFiniteError).
+
+The guard costs no memory: the optimizer update runs under ``lax.cond`` on the flag, so XLA
+updates the donated parameters and moments in place, and the step's temporaries are the
+gradients plus the saved activations. Selecting the new state against the old one with
+``jnp.where`` instead (computing both, then choosing) makes XLA copy both Adam moments before
+the update, because the old ones are still read after the new ones are written: on an 8 × 4 MiB
+test tree, 88 MiB of temporaries instead of 33 (gradients: 32). With gradient accumulation
+optax.MultiSteps already computes both of its branches; there the select is kept, which
+compiles to fewer temporaries than a cond around MultiSteps (88 vs 128 MiB on the same tree).
 
 With gradient accumulation (optax.MultiSteps, ``train.grad_accum_steps`` = k) the step is one
 micro-batch: a non-finite micro-batch is dropped whole, MultiSteps' accumulator and its
@@ -105,12 +114,18 @@ def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformat
 
         (loss, (metrics, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         finite = all_finite(loss, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # jnp.where (not lax.cond): both branches are already computed, and where keeps the
-        # shardings of the state without a cond's output-sharding constraints.
-        params, opt_state, loss_state = _keep_if(finite, (params, opt_state, loss_state),
-                                                 (state.params, state.opt_state, state.loss_state))
+
+        def update(params, opt_state, grads):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        if isinstance(state.opt_state, optax.MultiStepsState):  # see the module docstring
+            params, opt_state = _keep_if(finite, update(state.params, state.opt_state, grads),
+                                         (state.params, state.opt_state))
+        else:
+            params, opt_state = jax.lax.cond(finite, update, lambda params, opt_state, grads: (params, opt_state),
+                                             state.params, state.opt_state, grads)
+        loss_state = _keep_if(finite, loss_state, state.loss_state)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                        skipped=jnp.logical_not(finite).astype(jnp.int32))
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, loss_state=loss_state)

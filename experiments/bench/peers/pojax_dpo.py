@@ -53,9 +53,13 @@ def main():
             raise
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    memory = None
+    if os.path.exists(os.path.join(workdir, "memory.json")):  # pojax.train.memory's accounting
+        with open(os.path.join(workdir, "memory.json")) as f:
+            memory = json.load(f)
     with open(a.out, "w") as f:
         json.dump({"framework": "pojax", "step_times": [r["step_time_s"] for r in rows],
-                   "losses": [r["loss"] for r in rows],
+                   "losses": [r["loss"] for r in rows], "memory": memory,
                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, f)
 
 

@@ -11,6 +11,8 @@ import time
 def main():
     p = contract.parser()
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no_gradient_checkpointing", action="store_true", help="TRL's default is on")
+    p.add_argument("--precompute_ref_log_probs", action="store_true", help="one reference pass, then no reference model")
     a = p.parse_args()
 
     import torch
@@ -40,7 +42,9 @@ def main():
                      learning_rate=a.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
                      max_grad_norm=1.0, beta=a.beta, loss_type=["sigmoid"], max_length=a.max_length,
                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False,
-                     dataloader_num_workers=0, seed=0, disable_tqdm=True)
+                     dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                     gradient_checkpointing=not a.no_gradient_checkpointing,
+                     precompute_ref_log_probs=a.precompute_ref_log_probs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[Clock()])
     trainer.train()
     contract.write(a.out, "trl", times, [losses.get(i + 1) for i in range(a.steps)])

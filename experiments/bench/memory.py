@@ -1,0 +1,182 @@
+"""Memory of a DPO step, pojax beside its peers, side by side in one run: peak and idle RSS,
+s/step, and for pojax XLA's own accounting of the compiled step (workdir/memory.json,
+pojax.train.memory).
+
+    python -m experiments.bench.memory --workload=medium --steps=3 \\
+        --run=pojax --run=pojax:--config.model.remat=full --run=trl --run=trl:--no_gradient_checkpointing \\
+        --run=tunix@/tmp/peers/tunix/bin/python --run=easydel@/tmp/peers/easydel/bin/python
+
+A run is ``framework[@python][:arg,arg,...]``: the framework's peer script
+(experiments/bench/peers) on the workload's files, with those extra arguments (pojax: ``--config.*``
+overrides; TRL: ``--no_gradient_checkpointing``, ``--precompute_ref_log_probs``). Runs go one
+at a time, each in its own process, whose resident set (RSS, /proc/PID/status) is sampled every
+``--sample_s`` seconds. Reported per run: peak RSS, the RSS after the first step (the lowest
+sample between the first step's end and the run's end: what stays alive between steps), s/step
+(median after the first step) and the loss at step 1.
+
+pojax's rows add the per-device accounting: parameters, optimizer state, reference, the compiled
+step's arguments / outputs / aliased / temporaries / peak, live JAX arrays and RSS after step 1;
+gradients = parameters (same shapes and dtype), activations and other temporaries = the step's
+temporaries − gradients, host-side = RSS − live arrays (Python, libraries, compiled code, the
+input pipeline, allocator slack). Results go to ``--out`` as <hardware>_memory_<workload>.json / .md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from absl import app, flags
+
+from experiments.bench import compare, workload
+
+_WORKLOAD = flags.DEFINE_string("workload", "medium", f"one of {', '.join(workload.WORKLOADS)}")
+_RUNS = flags.DEFINE_multi_string("run", ["pojax", "pojax:--config.model.remat=full", "trl",
+                                          "trl:--no_gradient_checkpointing"], "framework[@python][:arg,arg]")
+_STEPS = flags.DEFINE_integer("steps", 3, "optimizer steps per run")
+_SAMPLE = flags.DEFINE_float("sample_s", 0.5, "RSS sampling period")
+_ROOT = flags.DEFINE_string("data_dir", os.path.join(tempfile.gettempdir(), "pojax_bench"), "workload files")
+_OUT = flags.DEFINE_string("out", compare.HERE + "/results", "results directory")
+_HARDWARE = flags.DEFINE_string("hardware", "", "hardware name (default: the CPU model and cores)")
+
+GiB = 2**30
+
+
+def parse_run(spec: str) -> tuple[str, str, list[str]]:
+    """'name[@python][:a,b]' → (name, python, extra args)."""
+    head, _, extra = spec.partition(":")
+    name, _, python = head.partition("@")
+    if name not in compare.PEER_SCRIPTS:
+        raise app.UsageError(f"--run={spec}: unknown framework {name!r}; one of {', '.join(compare.PEER_SCRIPTS)}")
+    return name, python or sys.executable, [a for a in extra.split(",") if a]
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set of ``pid`` and its children (the pojax runner re-executes itself), bytes."""
+    total, found = 0, False
+    for p in [pid] + _children(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        found = True
+        except OSError:
+            continue
+    return total if found else None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def run_sampled(cmd: list[str], out: str, period: float) -> dict:
+    """Runs ``cmd`` (a peer runner writing ``out``) while sampling its RSS; the runner's result
+    plus ``rss`` = [(seconds since start, bytes)]."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(compare.HERE)), TOKENIZERS_PARALLELISM="false")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
+    samples, t0 = [], time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        r = rss_bytes(proc.pid)
+        if r is not None:
+            samples.append((time.monotonic() - t0, r))
+        time.sleep(period)
+    reader.join(5)
+    if proc.returncode != 0 or not os.path.exists(out):
+        return {"error": "".join(log)[-3000:], "rss": samples}
+    with open(out) as f:
+        result = json.load(f)
+    result["rss"] = samples
+    return result
+
+
+def summarize(r: dict) -> dict:
+    if "error" in r:
+        return {"error": r["error"]}
+    times = r["step_times"]
+    total = sum(times)
+    end = r["rss"][-1][0] if r["rss"] else 0.0
+    after_first = [b for t, b in r["rss"] if t >= end - (total - times[0])]  # samples after step 1 ended
+    out = {"s_per_step": statistics.median(times[1:]) if len(times) > 1 else times[0],
+           "loss_first": r["losses"][0], "peak_rss_gib": max([r["peak_rss_gib"]] + [b / GiB for _, b in r["rss"]]),
+           "idle_rss_gib": min(after_first) / GiB if after_first else None}
+    if r.get("memory"):
+        out["memory"] = r["memory"]
+    return out
+
+
+def accounting(mem: dict) -> list[tuple[str, float]]:
+    """pojax's memory.json (one stage) as (part, GiB) rows."""
+    d, h = mem["device"], mem["host"]
+    rows = [("parameters", d["params"]), ("gradients (= parameters; step temporary)", d["params"]),
+            ("optimizer state", d["opt_state"]), ("reference", d["reference"]),
+            ("activations and other step temporaries", d.get("step_temporaries", 0) - d["params"]),
+            ("compiled step peak (arguments + outputs − aliased + temporaries)", d.get("step_peak", 0)),
+            ("live JAX arrays after step 1", h["live_arrays"]), ("RSS after step 1", h.get("rss", 0)),
+            ("host-side (RSS − live arrays)", h.get("rss", 0) - h["live_arrays"])]
+    return [(k, v / GiB) for k, v in rows]
+
+
+def markdown(result: dict) -> str:
+    w = result["workload"]
+    lines = [f"# Memory of a DPO step, workload {w['name']} ({result['hardware']})", "",
+             f"{w['hidden']}d × {w['layers']} layers, {w['heads']} / {w['kv_heads']} heads, intermediate "
+             f"{w['intermediate']}, vocab {w['vocab']}{', tied embeddings' if w.get('tied') else ''} "
+             f"({result['params_m']:.0f}M parameters); {w['pairs']} pairs of {w['prompt_len']} + "
+             f"{w['completion_len']} tokens, fp32, sigmoid DPO with a frozen reference, AdamW; "
+             f"{result['steps']} steps per run, RSS sampled every {result['sample_s']} s.", "",
+             "| run | s/step | peak RSS GiB | RSS between steps GiB | loss step 1 |", "|---|---|---|---|---|"]
+    for name, r in result["runs"].items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'].strip().splitlines()[-1][:100] if r['error'].strip() else ''} ||||")
+            continue
+        idle = f"{r['idle_rss_gib']:.2f}" if r["idle_rss_gib"] is not None else "–"
+        lines.append(f"| {name} | {r['s_per_step']:.2f} | {r['peak_rss_gib']:.2f} | {idle} | {r['loss_first']:.6f} |")
+    for name, r in result["runs"].items():
+        if "memory" in r and "train" in r["memory"]:
+            lines += ["", f"## {name}: where the memory goes (per device, XLA's memory analysis of the compiled step)", "",
+                      "| part | GiB |", "|---|---|"]
+            lines += [f"| {k} | {v:.2f} |" for k, v in accounting(r["memory"]["train"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv) -> None:
+    del argv
+    w = workload.WORKLOADS[_WORKLOAD.value]
+    paths = workload.prepare(w, _ROOT.value)
+    runs = {}
+    for spec in _RUNS.value:
+        name, python, extra = parse_run(spec)
+        out = os.path.join(_ROOT.value, f"{w.name}_memory_{len(runs)}.json")
+        cmd = compare.command(name, python, w, paths, _STEPS.value, out)
+        cmd += [f"--extra={a}" for a in extra] if name == "pojax" else extra
+        runs[spec] = summarize(run_sampled(cmd, out, _SAMPLE.value))
+        print(f"{spec}: {json.dumps({k: v for k, v in runs[spec].items() if k != 'memory'})}", flush=True)
+    result = {"hardware": _HARDWARE.value or compare.hardware_name(), "workload": w.__dict__, "steps": _STEPS.value,
+              "sample_s": _SAMPLE.value, "params_m": w.params() / 1e6, "runs": runs}
+    os.makedirs(_OUT.value, exist_ok=True)
+    tag = f"{result['hardware'].split(' (')[0].replace(' ', '_').replace('/', '_')}_memory_{w.name}"
+    with open(os.path.join(_OUT.value, f"{tag}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(_OUT.value, f"{tag}.md"), "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
