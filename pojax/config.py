@@ -318,6 +318,8 @@ def _validate_memory(config) -> None:
     """optimizer.mu_dtype and reference.dtype (held by the reference copy only)."""
     _one_of(config, "optimizer.mu_dtype", MU_DTYPES)
     _one_of(config, "reference.dtype", REFERENCE_DTYPES)
+    if not isinstance(config.optimizer.offload, bool):
+        raise ConfigError("optimizer.offload", f"must be True or False, got {config.optimizer.offload!r}")
     if config.reference.dtype and config.reference.mode != "copy":
         raise ConfigError("reference.dtype", f"sets the dtype of the reference copy (reference.mode='copy'); "
                           f"reference.mode={config.reference.mode!r} holds none")

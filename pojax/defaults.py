@@ -118,6 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999  # AdamW β2
     c.optimizer.max_grad_norm = 1.0  # global-norm clipping; 0 = off
     c.optimizer.mu_dtype = ""  # AdamW's first moment (optax's mu_dtype): "" = the parameters' dtype; "bfloat16" halves it
+    c.optimizer.offload = False  # keep the optimizer state in host memory (memory kind pinned_host) between steps
 
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 100  # optimizer steps

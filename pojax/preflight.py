@@ -26,12 +26,12 @@ TRAINING_TASKS = ("train", "sft", "pretrain", "diffpo")
 RESUMABLE_PREFIXES = ("logging.", "export.", "distributed.", "mesh.", "checkpoint.", "eval.")
 RESUMABLE_KEYS = ("train.overwrite", "train.nan_policy", "train.export_final", "train.preemption_signals",
                   "train.step_timeout_s", "likelihood.chunk_size",
-                  "likelihood.vocab_chunk_size", "model.remat", "data.tfds_dir")
+                  "likelihood.vocab_chunk_size", "model.remat", "data.tfds_dir", "optimizer.offload")
 NOT_RESUMABLE_KEYS = ("eval.num_examples",)  # under eval., but it picks the held-out rows
 
 # What a run writes into its workdir; ``train.overwrite`` removes these and nothing else.
 RUN_OUTPUTS = ("config.json", "results.json", "results.md", "checkpoints", "tensorboard", "plots", "final", "wandb",
-               "wandb_run_id", "lm_eval_results.json")
+               "wandb_run_id", "lm_eval_results.json", "memory.json")
 RUN_OUTPUT_PATTERNS = (r"metrics(_\w+)?\.jsonl", r"config_\w+\.json")
 
 # Config keys naming Hugging Face model directories and data files, checked when set.

@@ -208,6 +208,12 @@ def _is_variable(x) -> bool:
     return isinstance(x, nnx.Variable)
 
 
+def with_memory_kind(shardings, kind: str):
+    """``shardings`` (a tree of NamedShardings) with every sharding in memory ``kind``
+    ("device", "pinned_host", ...)."""
+    return jax.tree.map(lambda s: s.with_memory_kind(kind), shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
 def param_shardings(state, mesh: Mesh, rules: Mapping[str, Rule] = DEFAULT_RULES):
     """NamedShardings for an ``nnx.State``, from each Variable's ``logical_axes`` metadata.
 

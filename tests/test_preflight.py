@@ -33,7 +33,8 @@ def test_resume_conflicts_name_training_keys_only():
 
 
 def test_clear_outputs_removes_run_files_only(tmp_path):
-    for name in ("config.json", "results.json", "metrics.jsonl", "metrics_sft.jsonl", "config_eval.json", "notes.txt"):
+    for name in ("config.json", "results.json", "metrics.jsonl", "metrics_sft.jsonl", "config_eval.json", "memory.json",
+                 "notes.txt"):
         (tmp_path / name).write_text("x")
     for name in ("checkpoints/train/2", "final", "plots", "tensorboard/train", "my_data"):
         (tmp_path / name).mkdir(parents=True)

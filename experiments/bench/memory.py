@@ -22,12 +22,12 @@ input pipeline, allocator slack). Results go to ``--out`` as <hardware>_memory_<
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -35,14 +35,14 @@ from absl import app, flags
 
 from experiments.bench import compare, workload
 
-_WORKLOAD = flags.DEFINE_string("workload", "medium", f"one of {', '.join(workload.WORKLOADS)}")
+# --workload, --steps, --data_dir, --out and --hardware are compare.py's flags (defaults: medium, 3 steps)
+flags.FLAGS.set_default("workload", "medium")
+flags.FLAGS.set_default("steps", 3)
+_WORKLOAD, _STEPS, _ROOT, _OUT, _HARDWARE = compare._WORKLOAD, compare._STEPS, compare._ROOT, compare._OUT, compare._HARDWARE
 _RUNS = flags.DEFINE_multi_string("run", ["pojax", "pojax:--config.model.remat=full", "trl",
                                           "trl:--no_gradient_checkpointing"], "framework[@python][:arg,arg]")
-_STEPS = flags.DEFINE_integer("steps", 3, "optimizer steps per run")
+_LAYERS = flags.DEFINE_integer("layers", 0, "override the workload's depth (0 = its own): the largest-model search")
 _SAMPLE = flags.DEFINE_float("sample_s", 0.5, "RSS sampling period")
-_ROOT = flags.DEFINE_string("data_dir", os.path.join(tempfile.gettempdir(), "pojax_bench"), "workload files")
-_OUT = flags.DEFINE_string("out", compare.HERE + "/results", "results directory")
-_HARDWARE = flags.DEFINE_string("hardware", "", "hardware name (default: the CPU model and cores)")
 
 GiB = 2**30
 
@@ -158,6 +158,8 @@ def markdown(result: dict) -> str:
 def main(argv) -> None:
     del argv
     w = workload.WORKLOADS[_WORKLOAD.value]
+    if _LAYERS.value:
+        w = dataclasses.replace(w, layers=_LAYERS.value, name=f"{w.name}_l{_LAYERS.value}")
     paths = workload.prepare(w, _ROOT.value)
     runs = {}
     for spec in _RUNS.value:

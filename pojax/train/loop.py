@@ -198,9 +198,16 @@ def run_stage(name: str, model, *, objective: Callable, steps: int, tx, workdir:
         ref = None if ref_state is None else nnx.merge(ref_graphdef, jax.tree.map(lambda x: x, ref_state))
         return objective(m, ref, batch, ls)
 
-    step_fn = make_train_step(graphdef, obj, tx)
+    offload = bool(config.optimizer.get("offload", False))
+    step_fn = make_train_step(graphdef, obj, tx, offload=offload)
     state = init_state(params, tx, loss_state)
     state_sh = sharding.param_shardings(state, mesh, rules)
+    if offload:  # optimizer.offload: the optimizer state lives in host memory between steps
+        kinds = {m.kind for m in mesh.devices.flat[0].addressable_memories()}
+        if "pinned_host" not in kinds:
+            raise ConfigError("optimizer.offload", f"needs host memory the devices can address (memory kind "
+                              f"'pinned_host'); {mesh.devices.flat[0].platform} devices offer {', '.join(sorted(kinds))}")
+        state_sh = state_sh.replace(opt_state=sharding.with_memory_kind(state_sh.opt_state, "pinned_host"))
     state = jax.device_put(state, state_sh)
     frozen_sh = sharding.param_shardings(frozen, mesh, rules)
     ref_sh = None if ref_state is None else sharding.param_shardings(ref_state, mesh, rules)

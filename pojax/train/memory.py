@@ -55,6 +55,10 @@ def compiled_memory(compiled) -> dict[str, int]:
            "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
            "code": stats.generated_code_size_in_bytes}
     out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+    for name in ("argument", "output", "temp"):  # host memory of a device program (offloaded state), where reported
+        value = getattr(stats, f"host_{name}_size_in_bytes", 0)
+        if value:
+            out[f"host_{name}s" if name != "temp" else "host_temporaries"] = value
     return out
 
 
@@ -82,6 +86,12 @@ class CompiledStep:
         return exe(*args)
 
 
+def _memory_kind(tree) -> str | None:
+    """The memory kind of ``tree``'s first array ("device", "pinned_host", ...)."""
+    arrays = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    return arrays[0].sharding.memory_kind if arrays else None
+
+
 def host_bytes() -> dict[str, int]:
     """The process's resident set now and at its peak, and the bytes of all live JAX arrays
     (summed over their addressable shards)."""
@@ -100,7 +110,7 @@ def report(compiled, state, frozen=None, reference=None) -> dict:
     frozen, reference, and the compiled step's figures as ``step_*``) and ``host``."""
     device = {"params": tree_bytes(state.params), "opt_state": tree_bytes(state.opt_state),
               "loss_state": tree_bytes(state.loss_state), "frozen": tree_bytes(frozen),
-              "reference": tree_bytes(reference)}
+              "reference": tree_bytes(reference), "opt_state_memory_kind": _memory_kind(state.opt_state)}
     if compiled is not None:
         device.update({f"step_{k}": v for k, v in compiled_memory(compiled).items()})
     return {"device": device, "host": host_bytes()}

@@ -94,7 +94,7 @@ def sync_reference(ref_state, params, *, alpha: float):
     return nnx.merge_state(jax.tree.map(mix, ref_params, params), rest)
 
 
-def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformation):
+def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformation, *, offload: bool = False):
     """The pure step ``(state, batch, frozen, ref_state) -> (state, metrics)``.
 
     The model is ``nnx.merge(graphdef, state.params, frozen)``: trainable params in the state,
@@ -104,6 +104,10 @@ def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformat
 
     A step whose loss or gradients are not all finite changes nothing but ``step`` and reports
     ``skipped`` = 1 (else 0) in its metrics; see the module docstring.
+
+    ``offload``: the optimizer state arrives in host memory (its in/out shardings have memory
+    kind "pinned_host", set by the caller); the step moves it to the device for the update, and
+    the out shardings move the new state back (``optimizer.offload``).
     """
 
     def step(state: TrainState, batch, frozen, ref_state):
@@ -119,12 +123,12 @@ def make_train_step(graphdef, objective: Callable, tx: optax.GradientTransformat
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
-        if isinstance(state.opt_state, optax.MultiStepsState):  # see the module docstring
-            params, opt_state = _keep_if(finite, update(state.params, state.opt_state, grads),
-                                         (state.params, state.opt_state))
+        old_opt = jax.device_put(state.opt_state, jax.memory.Space.Device) if offload else state.opt_state
+        if isinstance(old_opt, optax.MultiStepsState):  # see the module docstring
+            params, opt_state = _keep_if(finite, update(state.params, old_opt, grads), (state.params, old_opt))
         else:
             params, opt_state = jax.lax.cond(finite, update, lambda params, opt_state, grads: (params, opt_state),
-                                             state.params, state.opt_state, grads)
+                                             state.params, old_opt, grads)
         loss_state = _keep_if(finite, loss_state, state.loss_state)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                        skipped=jnp.logical_not(finite).astype(jnp.int32))

@@ -123,3 +123,32 @@ def test_unknown_peer_is_a_usage_error():
         compare.parse_peer("vllm")
     assert compare.parse_peer("tunix:/opt/py") == ("tunix", "/opt/py")
     assert os.path.exists(compare.PEER_SCRIPTS["trl"])
+
+
+def test_tied_workload_counts_the_embedding_once(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tied = workload.Workload("micro_tied", hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=64, pairs=2,
+                             prompt_len=8, completion_len=8, tied=True)
+    paths = workload.prepare(tied, str(tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(paths["model"])
+    assert model.config.tie_word_embeddings and sum(p.numel() for p in model.parameters()) == tied.params()
+    assert tied.params() == MICRO.params() - 64 * 32
+
+
+def test_memory_bench_run_specs_and_summary():
+    from experiments.bench import memory
+
+    assert memory.parse_run("pojax@/opt/py:--config.model.remat=full,--config.reference.dtype=bfloat16") == (
+        "pojax", "/opt/py", ["--config.model.remat=full", "--config.reference.dtype=bfloat16"])
+    assert memory.parse_run("trl") == ("trl", sys.executable, [])
+    g = 2**30
+    # three steps of 2, 1, 1 s ending at t = 10: step 1 ends at t = 8; the lowest sample from then on is 3 GiB
+    run = {"step_times": [2.0, 1.0, 1.0], "losses": [0.69, 0.5, 0.4], "peak_rss_gib": 4.5,
+           "rss": [(1.0, 1 * g), (7.0, 2 * g), (8.5, 3 * g), (9.0, 5 * g), (10.0, 4 * g)]}
+    s = memory.summarize(run)
+    assert s == {"s_per_step": 1.0, "loss_first": 0.69, "peak_rss_gib": 5.0, "idle_rss_gib": 3.0}
+    mem = {"device": {"params": 4 * g, "opt_state": 8 * g, "reference": 4 * g, "step_temporaries": 5 * g,
+                      "step_peak": 21 * g}, "host": {"live_arrays": 16 * g, "rss": 18 * g}}
+    rows = dict(memory.accounting(mem))
+    assert rows["activations and other step temporaries"] == 1.0 and rows["host-side (RSS − live arrays)"] == 2.0

@@ -99,3 +99,22 @@ def test_memory_options_are_checked(key, value, mode):
     config = quick_config(**{key: value, "reference.mode": mode})
     with pytest.raises(ConfigError, match=key):
         validate(config)
+
+
+def test_offloaded_optimizer_state_resumes_and_trains_like_the_device_one(tmp_path):
+    """optimizer.offload: a run checkpointed with its optimizer state on the device resumes with the
+    state in host memory (pinned_host) and computes the same step as the uninterrupted run."""
+    import shutil
+
+    base = {"train.sft_steps": 0, "train.max_steps": 3, "eval.num_examples": 0, "logging.plots": False,
+            "train.export_final": False, "data.gym.num_eval": 8, "eval.num_samples": 1, "checkpoint.every_steps": 1,
+            "checkpoint.keep": 5, "optimizer.schedule": "constant"}
+    run_train(quick_config(**base), str(tmp_path))
+    first = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    shutil.rmtree(tmp_path / "checkpoints" / "train" / "3")  # as if killed after step 2's checkpoint
+    run_train(quick_config(**dict(base, **{"optimizer.offload": True})), str(tmp_path))
+    again = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    drop = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("step_time_s", "tokens_per_s")}
+    assert [drop(x) for x in again] == [drop(x) for x in first]
+    d = json.loads((tmp_path / "memory.json").read_text())["train"]["device"]
+    assert d["opt_state_memory_kind"] == "pinned_host"
