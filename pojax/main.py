@@ -21,9 +21,11 @@ import sys
 
 if __name__ == "__main__" and os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):
     # `python -m pojax.main` on a CPU: once, before the heavy imports, re-execute with glibc's huge
-    # pages for large blocks (pojax.host: each step's XLA buffer faults in 2 MiB pages, not 4 KiB)
+    # pages for large blocks (pojax.host: each step's XLA buffer faults in 2 MiB pages, not 4 KiB),
+    # and XLA:CPU's memory-lean scheduler (pojax.host.cpu_xla_flags)
     from pojax import host
 
+    host.set_cpu_xla_flags()
     host.reexec_with_huge_pages()
 
 from absl import app, flags, logging

@@ -66,3 +66,13 @@ def test_thp_mode_is_read_from_the_kernel_setting(tmp_path):
     setting.write_text("always [madvise] never\n")
     assert host.transparent_huge_pages(str(setting)) == "madvise"
     assert host.transparent_huge_pages(str(tmp_path / "missing")) is None
+
+
+def test_cpu_xla_flags_add_the_lean_scheduler_unless_set():
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+    assert host.cpu_xla_flags({"JAX_PLATFORMS": "cpu"}) == flag
+    assert host.cpu_xla_flags({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--a=1"}) == f"--a=1 {flag}"
+    # the user's own setting wins; an accelerator run is left alone
+    assert host.cpu_xla_flags({"JAX_PLATFORMS": "cpu",
+                               "XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}) is None
+    assert host.cpu_xla_flags({"JAX_PLATFORMS": "tpu"}) is None

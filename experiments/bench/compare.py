@@ -93,6 +93,7 @@ def hardware_name() -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    model = model.replace("(R)", "").replace("(TM)", "").replace(" Processor", "").strip()
     return f"{model} ({os.cpu_count()} cores)"
 
 

@@ -32,7 +32,8 @@ def overrides(a) -> list[str]:
 def main():
     from pojax import host
 
-    host.reexec_with_huge_pages()  # what `python -m pojax.main` does first on a CPU
+    host.set_cpu_xla_flags()  # what `python -m pojax.main` does first on a CPU
+    host.reexec_with_huge_pages()
     p = argparse.ArgumentParser()
     for name in ("model", "data", "out"):
         p.add_argument(f"--{name}", required=True)
