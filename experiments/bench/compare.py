@@ -148,13 +148,18 @@ def main(argv) -> None:
               "steps": _STEPS.value, "warmup": _WARMUP.value, "step_gflop": gflop, "matmul_gflops": peak,
               "pojax_step_gflop": flops.pojax_step_flops(w) / 1e9,
               "floor_s_per_step": gflop / peak, "frameworks": frameworks}
+    write_results(result, w.name, markdown(result))
+
+
+def write_results(result: dict, name: str, md: str) -> None:
+    """<hardware>_<name>.json / .md under --out, and the table on stdout."""
     os.makedirs(_OUT.value, exist_ok=True)
-    tag = f"{result['hardware'].split(' (')[0].replace(' ', '_').replace('/', '_')}_{w.name}"
+    tag = f"{result['hardware'].split(' (')[0].replace(' ', '_').replace('/', '_')}_{name}"
     with open(os.path.join(_OUT.value, f"{tag}.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(_OUT.value, f"{tag}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+        f.write(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -171,13 +171,7 @@ def main(argv) -> None:
         print(f"{spec}: {json.dumps({k: v for k, v in runs[spec].items() if k != 'memory'})}", flush=True)
     result = {"hardware": _HARDWARE.value or compare.hardware_name(), "workload": w.__dict__, "steps": _STEPS.value,
               "sample_s": _SAMPLE.value, "params_m": w.params() / 1e6, "runs": runs}
-    os.makedirs(_OUT.value, exist_ok=True)
-    tag = f"{result['hardware'].split(' (')[0].replace(' ', '_').replace('/', '_')}_memory_{w.name}"
-    with open(os.path.join(_OUT.value, f"{tag}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(_OUT.value, f"{tag}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    compare.write_results(result, f"memory_{w.name}", markdown(result))
 
 
 if __name__ == "__main__":
