@@ -103,6 +103,13 @@ def set_cpu_xla_flags() -> None:
         os.environ["XLA_FLAGS"] = flags
 
 
+def prepare_process() -> None:
+    """What ``python -m pojax.main`` (and a benchmark runner standing in for it) does first, before
+    any heavy import: ``set_cpu_xla_flags``, then ``reexec_with_huge_pages``."""
+    set_cpu_xla_flags()
+    reexec_with_huge_pages()
+
+
 def reexec_with_huge_pages() -> None:
     """Re-executes this process's command line (``sys.orig_argv``) with glibc's huge-page tunable
     when ``huge_page_env`` says so; returns only when it does not. Call it first thing in a

@@ -25,8 +25,7 @@ if __name__ == "__main__" and os.path.abspath(sys.argv[0]) == os.path.abspath(__
     # and XLA:CPU's memory-lean scheduler (pojax.host.cpu_xla_flags)
     from pojax import host
 
-    host.set_cpu_xla_flags()
-    host.reexec_with_huge_pages()
+    host.prepare_process()
 
 from absl import app, flags, logging
 from ml_collections import config_flags

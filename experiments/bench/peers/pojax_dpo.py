@@ -32,8 +32,7 @@ def overrides(a) -> list[str]:
 def main():
     from pojax import host
 
-    host.set_cpu_xla_flags()  # what `python -m pojax.main` does first on a CPU
-    host.reexec_with_huge_pages()
+    host.prepare_process()  # what `python -m pojax.main` does first
     p = argparse.ArgumentParser()
     for name in ("model", "data", "out"):
         p.add_argument(f"--{name}", required=True)
