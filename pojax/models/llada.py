@@ -26,9 +26,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from pojax.models import remat
 from pojax.models.config import ModelConfig
 from pojax.models.layers import attention_mask
-from pojax.models.transformer import _REMAT_POLICIES, Block, DecoderStack
+from pojax.models.transformer import Block, DecoderStack
 
 # Special tokens of the LLaDA-8B tokenizer (GSAI-ML/LLaDA-8B-Base and -Instruct).
 MASK_TOKEN_ID = 126336  # <|mdm_mask|>: the absorbing state of the forward process
@@ -81,7 +82,7 @@ class LLaDA(DecoderStack):
         inv_freq = self.inv_freq[...]
         run = _run_block
         if c.remat != "none":
-            run = nnx.remat(_run_block, policy=_REMAT_POLICIES[c.remat])
+            run = remat.remat(_run_block, c.remat, sequential=not c.scan_layers)
         if c.scan_layers:
             @nnx.scan(in_axes=(0, nnx.Carry, None, None, None), out_axes=nnx.Carry)
             def scan_fn(block, x, positions, mask, inv_freq):

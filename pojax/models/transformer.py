@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pojax import sharding
-from pojax.models import moe
+from pojax.models import moe, remat
 from pojax.models.config import ModelConfig
 from pojax.models.layers import (
     Dense, RMSNorm, SwiGLU, apply_rope, attention, attention_mask, dtype_of, param, part_masks, rope_inv_freq,
@@ -28,12 +28,6 @@ def norm_placement(config: ModelConfig) -> str:
     if config.model_type in SANDWICH_NORM_TYPES:
         return "sandwich"
     return "post" if config.model_type in POST_NORM_TYPES else "pre"
-
-_REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 class Attention(nnx.Module):
@@ -260,7 +254,7 @@ class CausalLM(DecoderStack):
         inv_freq = self.inv_freqs(positions)
         run = _run_block
         if c.remat != "none":
-            run = nnx.remat(_run_block, policy=_REMAT_POLICIES[c.remat])
+            run = remat.remat(_run_block, c.remat, sequential=not c.scan_layers)
         weights = None if segment_ids is None else (segment_ids != 0).astype(jnp.float32)
         if c.scan_layers:
             @nnx.scan(in_axes=(0, nnx.Carry, None, None, 0, None, None), out_axes=(nnx.Carry, 0))

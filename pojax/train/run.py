@@ -45,11 +45,6 @@ def build_model(config, vocab_size: int | None, mesh=None, rules=None):
     one extra token, its [MASK]; a random dream has Qwen2's q/k/v bias."""
     m = config.model
     layout = dict(scan_layers=m.scan_layers, remat=m.remat)
-    if m.remat != "none" and not m.scan_layers and jax.default_backend() == "cpu":
-        # measured (README, "Memory"): unrolled, XLA:CPU hoists the recomputed layers and keeps them
-        # alive together; under the layer scan each layer is recomputed inside its own backward step
-        logging.warning("model.remat=%s without model.scan_layers=True saves little memory on the CPU "
-                        "(XLA hoists the recomputation); set both to recompute layer by layer", m.remat)
     if m.path:
         return from_pretrained(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32, mesh=mesh, rules=rules, **layout)
     if vocab_size is None:
