@@ -119,3 +119,22 @@ def reexec_with_huge_pages() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, env)
+
+
+def release_free_memory() -> bool:
+    """Hands the heap memory glibc keeps after frees back to the OS (``gc.collect`` then glibc's
+    ``malloc_trim(0)``); True where it ran (Linux, glibc). XLA's compilation of a train step frees
+    GiBs of heap that glibc otherwise keeps mapped: measured on the medium bench workload (494M
+    parameters, unrolled layers), the RSS after compiling fell 9.70 → 8.65 GiB, and the steps'
+    peak with it (their temporaries are fresh ``mmap`` blocks that do not reuse that heap).
+    Takes about a second there; call it after rare, large events (a compile), not every step."""
+    import gc
+
+    gc.collect()
+    if glibc_version() is None:
+        return False
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

@@ -76,3 +76,32 @@ def test_cpu_xla_flags_add_the_lean_scheduler_unless_set():
     assert host.cpu_xla_flags({"JAX_PLATFORMS": "cpu",
                                "XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}) is None
     assert host.cpu_xla_flags({"JAX_PLATFORMS": "tpu"}) is None
+
+
+# mallocs 2,000 blocks of 64 KiB (below glibc's mmap threshold: they come from the heap), touches
+# them, frees all but the last (which pins the heap's top, so glibc's automatic trim cannot shrink
+# it), then prints the RSS in KiB before and after release_free_memory.
+_HEAP_PROBE = """
+import ctypes, ctypes.util
+from pojax import host
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+rss = lambda: int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+blocks = [libc.malloc(64 * 1024) for _ in range(2000)]
+for p in blocks:
+    ctypes.memset(p, 1, 64 * 1024)
+for p in blocks[:-1]:
+    libc.free(p)
+before = rss()
+print(host.release_free_memory(), before, rss())
+"""
+
+
+@pytest.mark.skipif(host.glibc_version() is None, reason="malloc_trim is glibc's")
+def test_release_free_memory_returns_the_freed_heap():
+    env = {**os.environ, host.OPT_OUT_ENV: "system"}
+    ran, before, after = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True,
+                                        env=env).stdout.split()
+    assert ran == "True"
+    assert int(before) - int(after) > 100 * 1024, (before, after)  # of the 125 MiB freed

@@ -6,8 +6,13 @@ import numpy as np
 from flax import nnx
 
 from pojax.models import CausalLM, ModelConfig
-from pojax.sampling import generate
+from pojax.sampling import generate as generate_eagerly
 from pojax.sampling.autoregressive import completion_lengths, filter_logits, left_pad
+
+# jitted as the trainer's evaluation runs it (eager dispatch of every op was most of this file's time)
+generate = nnx.jit(generate_eagerly, static_argnames=("max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens",
+                                                     "pad_id"))
+forward = nnx.jit(lambda model, ids: model(ids))
 
 
 def test_greedy_generation_matches_full_forward_argmax():
@@ -17,7 +22,7 @@ def test_greedy_generation_matches_full_forward_argmax():
         out = generate(model, prompts, jax.random.key(1), max_new_tokens=4, temperature=0.0)
         seq = prompts
         for _ in range(4):
-            nxt = jnp.argmax(model(seq)[:, -1], -1).astype(jnp.int32)
+            nxt = jnp.argmax(forward(model, seq)[:, -1], -1).astype(jnp.int32)
             seq = jnp.concatenate([seq, nxt[:, None]], 1)
     np.testing.assert_array_equal(out, seq[:, 5:])
 
@@ -26,7 +31,7 @@ def test_sampling_follows_the_model_distribution():
     model = CausalLM(ModelConfig(vocab_size=8, num_hidden_layers=1), rngs=nnx.Rngs(0))
     prompts = jnp.zeros((4000, 2), jnp.int32)
     out = generate(model, prompts, jax.random.key(2), max_new_tokens=1, temperature=1.0)
-    probs = jax.nn.softmax(model(prompts[:1])[0, -1])
+    probs = jax.nn.softmax(forward(model, prompts[:1])[0, -1])
     freq = np.bincount(np.asarray(out[:, 0]), minlength=8) / 4000
     np.testing.assert_allclose(freq, probs, atol=0.03)
 

@@ -109,12 +109,14 @@ def summarize(r: dict) -> dict:
     if "error" in r:
         return {"error": r["error"]}
     times = r["step_times"]
-    total = sum(times)
-    end = r["rss"][-1][0] if r["rss"] else 0.0
-    after_first = [b for t, b in r["rss"] if t >= end - (total - times[0])]  # samples after step 1 ended
+    peak = max([r["peak_rss_gib"]] + [b / GiB for _, b in r["rss"]])
+    between = [x for x in r.get("rss_between_steps_gib") or [] if x is not None]
     out = {"s_per_step": statistics.median(times[1:]) if len(times) > 1 else times[0],
-           "loss_first": r["losses"][0], "peak_rss_gib": max([r["peak_rss_gib"]] + [b / GiB for _, b in r["rss"]]),
-           "idle_rss_gib": min(after_first) / GiB if after_first else None}
+           "loss_first": r["losses"][0], "peak_rss_gib": peak,
+           # pojax saves a checkpoint after its last step (TRL's runner saves none): its peak before
+           # that save is training's peak; TRL's whole-run peak is
+           "peak_rss_steps_gib": r.get("peak_rss_steps_gib") or peak,
+           "idle_rss_gib": min(between) if between else None}  # the runners' own reading between steps
     if r.get("memory"):
         out["memory"] = r["memory"]
     return out
@@ -140,13 +142,17 @@ def markdown(result: dict) -> str:
              f"({result['params_m']:.0f}M parameters); {w['pairs']} pairs of {w['prompt_len']} + "
              f"{w['completion_len']} tokens, fp32, sigmoid DPO with a frozen reference, AdamW; "
              f"{result['steps']} steps per run, RSS sampled every {result['sample_s']} s.", "",
-             "| run | s/step | peak RSS GiB | RSS between steps GiB | loss step 1 |", "|---|---|---|---|---|"]
+             "Peak RSS in training: up to the end of the last step (pojax's run then saves its checkpoint, "
+             "whose host copy of the state is in the whole-run peak; TRL's runner saves nothing).", "",
+             "| run | s/step | peak RSS in training GiB | peak RSS whole run GiB | RSS between steps GiB | loss step 1 |",
+             "|---|---|---|---|---|---|"]
     for name, r in result["runs"].items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'].strip().splitlines()[-1][:100] if r['error'].strip() else ''} ||||")
+            lines.append(f"| {name} | failed: {r['error'].strip().splitlines()[-1][:100] if r['error'].strip() else ''} |||||")
             continue
         idle = f"{r['idle_rss_gib']:.2f}" if r["idle_rss_gib"] is not None else "–"
-        lines.append(f"| {name} | {r['s_per_step']:.2f} | {r['peak_rss_gib']:.2f} | {idle} | {r['loss_first']:.6f} |")
+        lines.append(f"| {name} | {r['s_per_step']:.2f} | {r['peak_rss_steps_gib']:.2f} | {r['peak_rss_gib']:.2f} | {idle} "
+                     f"| {r['loss_first']:.6f} |")
     for name, r in result["runs"].items():
         if "memory" in r and "train" in r["memory"]:
             lines += ["", f"## {name}: where the memory goes (per device, XLA's memory analysis of the compiled step)", "",

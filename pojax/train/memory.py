@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pojax import fs
+from pojax import fs, host
 
 GiB = 2**30
 
@@ -83,6 +83,7 @@ class CompiledStep:
         if exe is None:
             exe = self.executables[key] = self.jitted.lower(*args).compile()
             self.compiled = self.compiled or exe
+            host.release_free_memory()  # the compiler's freed heap (GiBs at 0.5B parameters)
         return exe(*args)
 
 

@@ -94,6 +94,9 @@ def test_pojax_and_trl_do_the_same_work(files, tmp_path):
         r = compare.run_one(compare.command(name, sys.executable, MICRO, files, 3, out), out)
         assert "error" not in r, r.get("error")
         assert len(r["step_times"]) == 3 and r["peak_rss_gib"] > 0
+        assert len(r["rss_between_steps_gib"]) == 2 and 0 < min(r["rss_between_steps_gib"]) <= r["peak_rss_gib"]
+        if name == "pojax":  # its peak as the checkpoint save after the last step begins
+            assert 0 < r["peak_rss_steps_gib"] <= r["peak_rss_gib"]
         runs[name] = r["losses"]
     np.testing.assert_allclose(runs["pojax"][0], np.log(2), atol=1e-6)  # policy = reference
     assert runs["pojax"][2] < runs["pojax"][0] - 0.01  # it trains
@@ -143,11 +146,16 @@ def test_memory_bench_run_specs_and_summary():
         "pojax", "/opt/py", ["--config.model.remat=full", "--config.reference.dtype=bfloat16"])
     assert memory.parse_run("trl") == ("trl", sys.executable, [])
     g = 2**30
-    # three steps of 2, 1, 1 s ending at t = 10: step 1 ends at t = 8; the lowest sample from then on is 3 GiB
+    # the sampled peak (5 GiB) beats the runner's own (4.5); between steps: the runner's readings
     run = {"step_times": [2.0, 1.0, 1.0], "losses": [0.69, 0.5, 0.4], "peak_rss_gib": 4.5,
-           "rss": [(1.0, 1 * g), (7.0, 2 * g), (8.5, 3 * g), (9.0, 5 * g), (10.0, 4 * g)]}
+           "rss": [(1.0, 1 * g), (7.0, 2 * g), (8.5, 3 * g), (9.0, 5 * g), (10.0, 4 * g)],
+           "rss_between_steps_gib": [3.5, 3.25]}
     s = memory.summarize(run)
-    assert s == {"s_per_step": 1.0, "loss_first": 0.69, "peak_rss_gib": 5.0, "idle_rss_gib": 3.0}
+    assert s == {"s_per_step": 1.0, "loss_first": 0.69, "peak_rss_gib": 5.0, "peak_rss_steps_gib": 5.0,
+                 "idle_rss_gib": 3.25}
+    # pojax's runner reports its peak before the final checkpoint save: training's peak
+    s = memory.summarize(dict(run, peak_rss_steps_gib=4.0, rss_between_steps_gib=[]))
+    assert s["peak_rss_steps_gib"] == 4.0 and s["peak_rss_gib"] == 5.0 and s["idle_rss_gib"] is None
     mem = {"device": {"params": 4 * g, "opt_state": 8 * g, "reference": 4 * g, "step_temporaries": 5 * g,
                       "step_peak": 21 * g}, "host": {"live_arrays": 16 * g, "rss": 18 * g}}
     rows = dict(memory.accounting(mem))

@@ -19,8 +19,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def write(out: str, framework: str, step_times: list, losses: list) -> None:
-    """{framework, step_times (s per optimizer step), losses (per step), peak_rss_gib}."""
+def rss_gib() -> float | None:
+    """This process's resident set now (Linux), GiB."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 2**20
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def write(out: str, framework: str, step_times: list, losses: list, rss_between_steps: list | None = None) -> None:
+    """{framework, step_times (s per optimizer step), losses (per step), peak_rss_gib, and
+    rss_between_steps_gib: the RSS as each step after the first begins (the previous step done)}."""
     with open(out, "w") as f:
-        json.dump({"framework": framework, "step_times": step_times, "losses": losses,
-                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, f)
+        json.dump({"framework": framework, "step_times": step_times, "losses": losses, "peak_rss_gib": peak_rss_gib(),
+                   "rss_between_steps_gib": rss_between_steps or []}, f)

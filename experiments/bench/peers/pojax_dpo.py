@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import runpy
+import shutil
 import sys
 import tempfile
 
@@ -29,6 +30,36 @@ def overrides(a) -> list[str]:
             "--config.mesh.fsdp=1"]
 
 
+def _rss_gib() -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 2**20
+
+
+def _watch_memory() -> tuple[list, list]:
+    """Measurement only (the run is unchanged): the RSS as each step after the first is handed to
+    the compiled step (the previous step's metrics were fetched, so it is done and its temporaries
+    freed), and the peak RSS when the first checkpoint save begins (the benchmark saves once, after
+    the last step: training's peak without the save's host copy of the state, which TRL's runner
+    never makes)."""
+    from pojax.train import checkpoint, memory
+
+    between, before_save = [], []
+    call, save = memory.CompiledStep.__call__, checkpoint.Checkpoints.save
+
+    def watched_call(self, *args):
+        if self.compiled is not None:
+            between.append(_rss_gib())
+        return call(self, *args)
+
+    def watched_save(self, *args, **kwargs):
+        if not before_save:
+            before_save.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        return save(self, *args, **kwargs)
+
+    memory.CompiledStep.__call__, checkpoint.Checkpoints.save = watched_call, watched_save
+    return between, before_save
+
+
 def main():
     from pojax import host
 
@@ -44,6 +75,7 @@ def main():
     a = p.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     workdir = tempfile.mkdtemp(prefix="pojax_bench_")
+    between, before_save = _watch_memory()
     sys.argv = ["pojax.main", f"--config={os.path.join(root, 'configs', 'dpo.py')}", f"--workdir={workdir}",
                 *overrides(a), *a.extra]
     try:
@@ -57,10 +89,12 @@ def main():
     if os.path.exists(os.path.join(workdir, "memory.json")):  # pojax.train.memory's accounting
         with open(os.path.join(workdir, "memory.json")) as f:
             memory = json.load(f)
+    shutil.rmtree(workdir, ignore_errors=True)  # its checkpoint: 11 bytes per parameter (fp32 + AdamW)
     with open(a.out, "w") as f:
         json.dump({"framework": "pojax", "step_times": [r["step_time_s"] for r in rows],
                    "losses": [r["loss"] for r in rows], "memory": memory,
-                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, f)
+                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                   "rss_between_steps_gib": between, "peak_rss_steps_gib": before_save[0] if before_save else None}, f)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ def main():
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
     data = load_dataset("json", data_files=a.data, split="train")
-    times, losses = [], {}
+    times, losses, between = [], {}, []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            if state.global_step >= 1:
+                between.append(contract.rss_gib())
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
@@ -47,7 +49,7 @@ def main():
                      precompute_ref_log_probs=a.precompute_ref_log_probs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[Clock()])
     trainer.train()
-    contract.write(a.out, "trl", times, [losses.get(i + 1) for i in range(a.steps)])
+    contract.write(a.out, "trl", times, [losses.get(i + 1) for i in range(a.steps)], between)
 
 
 if __name__ == "__main__":
