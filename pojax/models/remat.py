@@ -1,17 +1,20 @@
 """Per-layer rematerialization that recomputes one layer at a time.
 
 ``jax.checkpoint`` (``nnx.remat``) saves a layer's inputs and recomputes its forward in the
-backward pass. Whether the recomputation happens *late* is up to XLA's scheduler: a recomputed
-forward depends only on the saved inputs, so when the layers are unrolled (no ``nnx.scan``) XLA
-may hoist every layer's recomputation to the start of the backward pass, and all layers'
-activations are then alive together: the memory that remat was asked to save. Measured on
-XLA:CPU (the small bench workload, 8 layers): step temporaries 1603 MiB with ``nnx.remat`` on
-unrolled layers against 499 MiB under ``nnx.scan``.
+backward pass. When that happens is up to XLA's scheduler, and with unrolled layers (no
+``nnx.scan``) XLA:CPU ran every layer's recomputed forward early and deferred every layer's
+weight-gradient matmuls to the end of the backward pass, so all layers' recomputed activations
+were alive together: the memory remat was asked to save (``lax.optimization_barrier``, JAX's own
+ordering device, is dropped by XLA:CPU before scheduling). Measured on the small bench workload's
+DPO step (8 layers): temporaries 1603 MiB with ``nnx.remat`` on unrolled layers, 499 MiB under
+``nnx.scan``.
 
-``remat`` below makes each layer's recomputation depend on the cotangent arriving at that
-layer's output (a custom VJP that adds zero times one cotangent element to the saved
-residuals), so layer i is recomputed only after layer i + 1's backward has produced it: the
-order a scan imposes, without the scan. The values are those of ``nnx.remat`` (tested).
+``remat`` below orders the backward pass by data dependences, which no scheduler can reorder:
+a custom VJP whose backward adds ``0 · max(cotangent)`` to the saved residuals before
+recomputing, and ``0 · Σ max(weight gradient)`` to the input gradient it passes down. So layer i
+is recomputed after layer i + 1's backward is complete, and releases its activations (its weight
+gradients done) before layer i − 1 starts: the order a scan imposes, without the scan. Small
+workload: 495 MiB. The values are those of ``nnx.remat`` (tests/models/test_remat.py).
 """
 
 from __future__ import annotations
@@ -42,16 +45,16 @@ def _after(values, dependencies):
 
 
 def _tie_to_cotangent(f: Callable, policy) -> Callable:
-    """f(*args) with a VJP whose recomputation waits for the cotangent of f's output.
+    """f(*args) with a VJP that runs only once the cotangent of f's output is complete, and
+    whose input gradients exist only once its weight gradients do.
 
     The forward runs ``jax.vjp`` of ``jax.checkpoint(f, policy)``: its residuals are what the
-    policy saves (the inputs only, for policy None). The backward adds ``0 · max(c)`` to every
-    floating residual, c the incoming cotangent, before applying the VJP: a data dependence on
-    all of c that no scheduler can reorder (one element of c would not do: XLA computes a slice
-    of the cotangent early by slicing through the layer above). (``lax.optimization_barrier`` would say the same
-    but XLA:CPU drops barriers before scheduling; ``x · 0`` is not folded for floats, since it is
-    NaN for x = inf.) A non-finite cotangent therefore makes every gradient of
-    the layer non-finite, which the trainer's non-finite guard skips in any case.
+    policy saves (the inputs only, for policy None). The backward makes the residuals depend on
+    all of the cotangent (``_after``; one element of it would not do: XLA computes a slice of the
+    cotangent early by slicing through the layer above), applies the VJP, and makes the gradients
+    of ``args`` (the layer input) depend on those of ``state`` (the weights). ``x · 0`` is not
+    folded for floats (it is NaN for x = inf), so a non-finite cotangent or weight gradient makes
+    every gradient of the layer non-finite, which the trainer's non-finite guard skips anyway.
     """
     checkpointed = jax.checkpoint(f, policy=policy)
 
