@@ -43,12 +43,16 @@ def computes_on_cpu(environ=os.environ) -> bool:
     return importlib.util.find_spec("jax_plugins") is None and importlib.util.find_spec("libtpu") is None
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def glibc_version() -> tuple[int, int] | None:
     """(major, minor) of the running glibc, or None off Linux / glibc."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         libc.gnu_get_libc_version.restype = ctypes.c_char_p
         major, minor = libc.gnu_get_libc_version().decode().split(".")[:2]
         return int(major), int(minor)
@@ -134,7 +138,7 @@ def release_free_memory() -> bool:
     if glibc_version() is None:
         return False
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         return False
     return True

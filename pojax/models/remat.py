@@ -32,16 +32,19 @@ POLICIES = {
 }
 
 
+def _floating(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.inexact)
+
+
 def _after(values, dependencies):
-    """values with 0 · max(d) added to each floating leaf, for every floating leaf d of
+    """values (a pytree) with 0 · max(d) added to each floating leaf, for every floating leaf d of
     dependencies: the same numbers (unless a d is non-finite), computed only once all of
     dependencies exist. A full reduction, since XLA sinks a slice through the producer."""
-    deps = [d for d in jax.tree.leaves(dependencies) if jnp.issubdtype(d.dtype, jnp.inexact)]
+    deps = [d for d in jax.tree.leaves(dependencies) if _floating(d)]
     if not deps:
         return values
     zero = sum(jnp.max(d).astype(jnp.float32) for d in deps) * 0
-    floating = lambda x: jnp.issubdtype(x.dtype, jnp.inexact)
-    return jax.tree.map(lambda x: x + zero.astype(x.dtype) if floating(x) else x, values)
+    return jax.tree.map(lambda x: x + zero.astype(x.dtype) if _floating(x) else x, values)
 
 
 def _tie_to_cotangent(f: Callable, policy) -> Callable:
@@ -67,9 +70,7 @@ def _tie_to_cotangent(f: Callable, policy) -> Callable:
         return out, vjp_fn  # a jax.tree_util.Partial: its leaves are the residuals
 
     def bwd(vjp_fn, cotangent):
-        leaves, treedef = jax.tree.flatten(vjp_fn)
-        leaves = _after(leaves, cotangent)
-        state_grads, *arg_grads = jax.tree.unflatten(treedef, leaves)(cotangent)
+        state_grads, *arg_grads = _after(vjp_fn, cotangent)(cotangent)
         return (state_grads, *_after(arg_grads, state_grads))
 
     tied.defvjp(fwd, bwd)

@@ -9,11 +9,12 @@ times are the trainer's own ``step_time_s`` (host batch in → metrics fetched b
 import argparse
 import json
 import os
-import resource
 import runpy
 import shutil
 import sys
 import tempfile
+
+import contract  # the runners' shared measurements (sibling module)
 
 
 def overrides(a) -> list[str]:
@@ -30,11 +31,6 @@ def overrides(a) -> list[str]:
             "--config.mesh.fsdp=1"]
 
 
-def _rss_gib() -> float:
-    with open("/proc/self/status") as f:
-        return int(f.read().split("VmRSS:")[1].split()[0]) / 2**20
-
-
 def _watch_memory() -> tuple[list, list]:
     """Measurement only (the run is unchanged): the RSS as each step after the first is handed to
     the compiled step (the previous step's metrics were fetched, so it is done and its temporaries
@@ -48,12 +44,12 @@ def _watch_memory() -> tuple[list, list]:
 
     def watched_call(self, *args):
         if self.compiled is not None:
-            between.append(_rss_gib())
+            between.append(contract.rss_gib())
         return call(self, *args)
 
     def watched_save(self, *args, **kwargs):
         if not before_save:
-            before_save.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+            before_save.append(contract.peak_rss_gib())
         return save(self, *args, **kwargs)
 
     memory.CompiledStep.__call__, checkpoint.Checkpoints.save = watched_call, watched_save
@@ -93,7 +89,7 @@ def main():
     with open(a.out, "w") as f:
         json.dump({"framework": "pojax", "step_times": [r["step_time_s"] for r in rows],
                    "losses": [r["loss"] for r in rows], "memory": memory,
-                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                   "peak_rss_gib": contract.peak_rss_gib(),
                    "rss_between_steps_gib": between, "peak_rss_steps_gib": before_save[0] if before_save else None}, f)
 
 
