@@ -146,7 +146,7 @@ def main(argv) -> int:
         if config.logging.wandb:
             from pojax.train import wandb_log
 
-            wandb_log.finish(workdir)
+            wandb_log.finish(workdir, teardown=True)
         if lead:
             print(f"pojax: {e}", file=sys.stderr)
         return preemption.EXIT_PREEMPTED
@@ -162,7 +162,7 @@ def main(argv) -> int:
     if config.logging.wandb:
         from pojax.train import wandb_log
 
-        wandb_log.finish(workdir, results if isinstance(results, dict) else None)
+        wandb_log.finish(workdir, results if isinstance(results, dict) else None, teardown=True)
     if lead:
         print(f"pojax: outputs in {workdir}")
     return 0

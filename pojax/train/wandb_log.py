@@ -84,11 +84,22 @@ class StageLogger:
         self.run.log({f"{self.stage}/step": int(step), **values})
 
 
-def finish(workdir: str, results: dict | None = None) -> None:
-    """Puts ``results`` in the run's summary and closes the W&B run of ``workdir`` (if any)."""
+def finish(workdir: str, results: dict | None = None, teardown: bool = False) -> None:
+    """Puts ``results`` in the run's summary and closes the W&B run of ``workdir`` (if any).
+
+    ``teardown=True`` (``pojax.main``, which owns its process) then waits for W&B's service to
+    write and upload everything (``wandb.teardown``): ``run.finish()`` alone can return while the
+    offline run file still lacks the last records (seen: a file read right after ``finish`` held
+    the SFT steps but none of the preference steps). W&B's own atexit hook would wait too, but its
+    docs call that unreliable under multiprocessing; a notebook calling ``finish`` keeps its
+    service (teardown would also close the user's own runs)."""
     run = _RUNS.pop(workdir, None)
     if run is None:
         return
     if results:
         run.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float, str, bool))})
     run.finish()
+    if teardown:
+        import wandb
+
+        wandb.teardown()

@@ -68,7 +68,7 @@ def test_offline_run_holds_every_metric_and_resumes_the_same_run(tmp_path, monke
     monkeypatch.setenv("WANDB_SILENT", "true")
     workdir = str(tmp_path / "run")
     results = run_train(quick_config(**RUN), workdir)
-    wandb_log.finish(workdir, results)
+    wandb_log.finish(workdir, results, teardown=True)  # as pojax.main does: the file is complete
     got, ids = history(workdir)
     for stage, name in (("sft", "metrics_sft.jsonl"), ("train", "metrics.jsonl")):
         rows = read_jsonl(os.path.join(workdir, name))
@@ -82,7 +82,7 @@ def test_offline_run_holds_every_metric_and_resumes_the_same_run(tmp_path, monke
     assert ids == {run_id}
 
     more = quick_config(**dict(RUN, **{"train.max_steps": 6}))  # the same command with more steps: resumes
-    wandb_log.finish(workdir, run_train(more, workdir))
+    wandb_log.finish(workdir, run_train(more, workdir), teardown=True)
     got, ids = history(workdir)
     assert ids == {run_id}  # the same W&B run continued
     assert {s for st, s in got if st == "train"} == set(range(1, 7))
