@@ -10,6 +10,20 @@ import orbax.checkpoint as ocp
 
 
 EXIT_CHECKPOINT_WRITE = 74  # sysexits.h EX_IOERR: python -m pojax.main's status for CheckpointWriteError
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _replica_parallel_for_large_arrays_only() -> None:
+    """orbax writes a replicated array in slices, one per replica (replica-parallel saving), each
+    slice cut by an eagerly dispatched ``lax.slice``. For small arrays (norm scales, biases, a
+    tiny model's everything) the dispatches cost more than the parallel write saves: measured on
+    CPU with 8 devices, a tiny model's 4 saves took 3.7 s, 0.5 s with slices of at least 1 MiB.
+    So replica-parallel only where each slice holds >= MIN_REPLICA_SLICE_BYTES (orbax's
+    ``min_slice_bytes_for_replica_parallel``); a 7B model's matrices still qualify. orbax keys
+    type handlers globally, so this applies to the process's other orbax saves too (MaxText
+    registers its array handler the same way); files and restores are unchanged."""
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 class CheckpointWriteError(Exception):
@@ -40,6 +54,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True,
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False), **best)
+        _replica_parallel_for_large_arrays_only()
         self.directory = directory
         self._last_saved = None
         self.manager = ocp.CheckpointManager(directory, options=options)

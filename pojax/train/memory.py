@@ -70,7 +70,13 @@ def _signature(args) -> tuple:
 class CompiledStep:
     """``jitted`` (a ``jax.jit`` function) compiled ahead of time, one executable per argument
     signature (tree structure, shapes, dtypes). ``compiled`` is the first executable: the one a
-    training stage runs every step when its batches keep their shapes."""
+    training stage runs every step when its batches keep their shapes.
+
+    After compiling a step whose arguments hold at least ``RELEASE_ABOVE_BYTES``, the compiler's
+    freed heap goes back to the OS (``host.release_free_memory``: GiBs at 0.5B parameters); below
+    that there is little to return and its ``gc.collect`` (0.3 s in a test process) would dominate."""
+
+    RELEASE_ABOVE_BYTES = 256 << 20
 
     def __init__(self, jitted):
         self.jitted = jitted
@@ -83,7 +89,9 @@ class CompiledStep:
         if exe is None:
             exe = self.executables[key] = self.jitted.lower(*args).compile()
             self.compiled = self.compiled or exe
-            host.release_free_memory()  # the compiler's freed heap (GiBs at 0.5B parameters)
+            nbytes = sum(np.size(x) * np.dtype(np.result_type(x)).itemsize for x in jax.tree.leaves(args))
+            if nbytes >= self.RELEASE_ABOVE_BYTES:
+                host.release_free_memory()
         return exe(*args)
 
 
