@@ -98,7 +98,7 @@ def run_sampled(cmd: list[str], out: str, period: float) -> dict:
         time.sleep(period)
     reader.join(5)
     if proc.returncode != 0 or not os.path.exists(out):
-        return {"error": "".join(log)[-3000:], "rss": samples}
+        return {"error": "".join(log)[-3000:], "returncode": proc.returncode, "rss": samples}
     with open(out) as f:
         result = json.load(f)
     result["rss"] = samples
@@ -107,7 +107,7 @@ def run_sampled(cmd: list[str], out: str, period: float) -> dict:
 
 def summarize(r: dict) -> dict:
     if "error" in r:
-        return {"error": r["error"]}
+        return {"error": r["error"], "returncode": r.get("returncode")}
     times = r["step_times"]
     peak = max([r["peak_rss_gib"]] + [b / GiB for _, b in r["rss"]])
     between = [x for x in r.get("rss_between_steps_gib") or [] if x is not None]
