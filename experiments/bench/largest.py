@@ -135,8 +135,19 @@ def probe(spec: str, w: workload.Workload, steps: int, root: str, period: float)
     return dict(summary, layers=w.layers, params_m=w.params() / 1e6, completed="error" not in summary)
 
 
+def summary(rows: list[dict]) -> dict:
+    """The probes so far: all of them by depth, the deepest completed, the shallowest failed."""
+    ok = [r for r in rows if r["completed"]]
+    failed = [r for r in rows if not r["completed"]]
+    return {"probes": sorted(rows, key=lambda r: r["layers"]),
+            "largest": max(ok, key=lambda r: r["layers"]) if ok else None,
+            "smallest_failed": min(failed, key=lambda r: r["layers"]) if failed else None}
+
+
 def search(spec: str, base: workload.Workload, steps: int, root: str, fit: list[int], hi: int, resolution: int,
-           limit_gib: float, period: float) -> dict:
+           limit_gib: float, period: float, report=lambda partial: None) -> dict:
+    """The search for one run spec; ``report(summary)`` after every probe (results on disk
+    survive an interrupted search: a probe can take 20 minutes)."""
     probes, rows = [], []
     while (layers := next_depth(probes, fit, hi, resolution, limit_gib)) is not None:
         w = dataclasses.replace(base, layers=layers, name=f"{base.name}_l{layers}")
@@ -144,11 +155,8 @@ def search(spec: str, base: workload.Workload, steps: int, root: str, fit: list[
         print(f"{spec} at {layers} layers: {json.dumps(row)}", flush=True)
         rows.append(row)
         probes.append(Probe(layers, row["completed"], row.get("peak_rss_steps_gib")))
-    ok = [r for r in rows if r["completed"]]
-    failed = [r for r in rows if not r["completed"]]
-    largest = max(ok, key=lambda r: r["layers"]) if ok else None
-    smallest_failed = min(failed, key=lambda r: r["layers"]) if failed else None
-    return {"probes": sorted(rows, key=lambda r: r["layers"]), "largest": largest, "smallest_failed": smallest_failed}
+        report(summary(rows))
+    return summary(rows)
 
 
 def markdown(result: dict) -> str:
@@ -182,11 +190,16 @@ def main(argv) -> None:
     base = workload.WORKLOADS[compare._WORKLOAD.value]
     fit = sorted(int(d) for d in _FIT.value)
     limit = _LIMIT.value or mem_total_gib()
-    runs = {spec: search(spec, base, compare._STEPS.value, compare._ROOT.value, fit, _HI.value, _RESOLUTION.value,
-                         limit, memory._SAMPLE.value) for spec in memory._RUNS.value}
     result = {"hardware": compare._HARDWARE.value or compare.hardware_name(), "workload": base.__dict__,
-              "steps": compare._STEPS.value, "limit_gib": limit, "runs": runs}
-    compare.write_results(result, f"largest_{base.name}", markdown(result))
+              "steps": compare._STEPS.value, "limit_gib": limit, "runs": {}}
+
+    def write(spec, partial):
+        result["runs"][spec] = partial
+        compare.write_results(result, f"largest_{base.name}", markdown(result))
+
+    for spec in memory._RUNS.value:
+        write(spec, search(spec, base, compare._STEPS.value, compare._ROOT.value, fit, _HI.value, _RESOLUTION.value,
+                           limit, memory._SAMPLE.value, report=lambda partial, spec=spec: write(spec, partial)))
 
 
 if __name__ == "__main__":
