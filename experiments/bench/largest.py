@@ -162,8 +162,7 @@ def search(spec: str, base: workload.Workload, steps: int, root: str, fit: list[
 def markdown(result: dict) -> str:
     w = result["workload"]
     lines = [f"# The largest model that trains, workload {w['name']} ({result['hardware']})", "",
-             f"{w['hidden']}d, {w['heads']} / {w['kv_heads']} heads, intermediate {w['intermediate']}, vocab "
-             f"{w['vocab']}{', tied embeddings' if w.get('tied') else ''}, depth growing; {w['pairs']} pairs of "
+             f"{memory.architecture(w, '')}, depth growing; {w['pairs']} pairs of "
              f"{w['prompt_len']} + {w['completion_len']} tokens, fp32, sigmoid DPO, AdamW; a probe must complete "
              f"{result['steps']} steps within this host's {result['limit_gib']:.1f} GiB.", "",
              "| run | largest that trains | parameters | peak RSS GiB | s/step | first that fails |",

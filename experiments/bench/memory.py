@@ -134,11 +134,18 @@ def accounting(mem: dict) -> list[tuple[str, float]]:
     return [(k, v / GiB) for k, v in rows]
 
 
+def architecture(w: dict, depth: str) -> str:
+    """'896d × 24 layers, 14 / 2 heads, intermediate 4864, vocab 151936, tied embeddings' of a
+    workload's fields, with ``depth`` for the '× 24 layers' part."""
+    return (f"{w['hidden']}d{depth}, {w['heads']} / {w['kv_heads']} heads, intermediate {w['intermediate']}, "
+            f"vocab {w['vocab']}{', tied embeddings' if w.get('tied') else ''}")
+
+
 def markdown(result: dict) -> str:
     w = result["workload"]
+    depth = f" × {w['layers']} layers"
     lines = [f"# Memory of a DPO step, workload {w['name']} ({result['hardware']})", "",
-             f"{w['hidden']}d × {w['layers']} layers, {w['heads']} / {w['kv_heads']} heads, intermediate "
-             f"{w['intermediate']}, vocab {w['vocab']}{', tied embeddings' if w.get('tied') else ''} "
+             f"{architecture(w, depth)} "
              f"({result['params_m']:.0f}M parameters); {w['pairs']} pairs of {w['prompt_len']} + "
              f"{w['completion_len']} tokens, fp32, sigmoid DPO with a frozen reference, AdamW; "
              f"{result['steps']} steps per run, RSS sampled every {result['sample_s']} s.", "",
