@@ -91,11 +91,15 @@ def run_sampled(cmd: list[str], out: str, period: float) -> dict:
     log: list[str] = []
     reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
     reader.start()
-    while proc.poll() is None:
-        r = rss_bytes(proc.pid)
-        if r is not None:
-            samples.append((time.monotonic() - t0, r))
-        time.sleep(period)
+    try:
+        while proc.poll() is None:
+            r = rss_bytes(proc.pid)
+            if r is not None:
+                samples.append((time.monotonic() - t0, r))
+            time.sleep(period)
+    finally:  # an interrupted bench (Ctrl-C, timeout -s INT) takes its run with it
+        if proc.poll() is None:
+            proc.kill()
     reader.join(5)
     if proc.returncode != 0 or not os.path.exists(out):
         return {"error": "".join(log)[-3000:], "returncode": proc.returncode, "rss": samples}
