@@ -89,8 +89,7 @@ class CompiledStep:
         if exe is None:
             exe = self.executables[key] = self.jitted.lower(*args).compile()
             self.compiled = self.compiled or exe
-            nbytes = sum(np.size(x) * np.dtype(np.result_type(x)).itemsize for x in jax.tree.leaves(args))
-            if nbytes >= self.RELEASE_ABOVE_BYTES:
+            if sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(args)) >= self.RELEASE_ABOVE_BYTES:
                 host.release_free_memory()
         return exe(*args)
 
