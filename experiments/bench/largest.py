@@ -42,9 +42,6 @@ _HI = flags.DEFINE_integer("hi", 96, "deepest depth probed")
 _RESOLUTION = flags.DEFINE_integer("resolution", 4, "depth grid step: the answer is exact to this many layers")
 _LIMIT = flags.DEFINE_float("limit_gib", 0.0, "memory the predicted peak must stay under (0 = MemTotal)")
 
-GiB = 2**30
-
-
 @dataclasses.dataclass
 class Probe:
     layers: int
@@ -89,21 +86,21 @@ def mem_total_gib() -> float:
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024 / GiB
+                return int(line.split()[1]) * 1024 / memory.GiB
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
 _PREPARE = ("import json, sys; from experiments.bench import workload; "
-            "workload.prepare(workload.Workload(**json.loads(sys.argv[1])), sys.argv[2])")
+            "print(json.dumps(workload.prepare(workload.Workload(**json.loads(sys.argv[1])), sys.argv[2])))")
 
 
 def prepare_elsewhere(w: workload.Workload, root: str) -> dict:
     """``workload.prepare`` in a child process: building a large random model with torch would
     otherwise leave its memory in this driver while the probe runs."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(compare.HERE)))
-    subprocess.run([sys.executable, "-c", _PREPARE, json.dumps(w.__dict__), root], check=True, env=env)
-    base = os.path.join(root, w.name)
-    return {"model": os.path.join(base, "model"), "data": os.path.join(base, "data.jsonl")}
+    proc = subprocess.run([sys.executable, "-c", _PREPARE, json.dumps(w.__dict__), root], check=True, env=env,
+                          stdout=subprocess.PIPE, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # prepare's paths
 
 
 def failure(summary: dict) -> str:
@@ -118,15 +115,13 @@ def failure(summary: dict) -> str:
 def probe(spec: str, w: workload.Workload, steps: int, root: str, period: float) -> dict:
     """One run of ``spec`` at workload ``w``: memory.py's summary plus layers, params and
     ``completed``."""
-    name, python, extra = memory.parse_run(spec)
+    memory.parse_run(spec)  # an unknown framework fails before the model is written
     paths = prepare_elsewhere(w, root)
     out = os.path.join(root, f"{w.name}_largest.json")
-    cmd = compare.command(name, python, w, paths, steps, out)
-    cmd += [f"--extra={a}" for a in extra] if name == "pojax" else extra
     try:
-        summary = memory.summarize(memory.run_sampled(cmd, out, period))
+        summary = memory.summarize(memory.run_sampled(memory.command(spec, w, paths, steps, out), out, period))
     finally:
-        shutil.rmtree(os.path.join(root, w.name), ignore_errors=True)
+        shutil.rmtree(os.path.dirname(paths["data"]), ignore_errors=True)  # the probe's model and data
         if os.path.exists(out):
             os.remove(out)
     summary.pop("memory", None)
@@ -148,13 +143,12 @@ def search(spec: str, base: workload.Workload, steps: int, root: str, fit: list[
            limit_gib: float, period: float, report=lambda partial: None) -> dict:
     """The search for one run spec; ``report(summary)`` after every probe (results on disk
     survive an interrupted search: a probe can take 20 minutes)."""
-    probes, rows = [], []
-    while (layers := next_depth(probes, fit, hi, resolution, limit_gib)) is not None:
+    rows = []
+    probes = lambda: [Probe(r["layers"], r["completed"], r.get("peak_rss_steps_gib")) for r in rows]
+    while (layers := next_depth(probes(), fit, hi, resolution, limit_gib)) is not None:
         w = dataclasses.replace(base, layers=layers, name=f"{base.name}_l{layers}")
-        row = probe(spec, w, steps, root, period)
-        print(f"{spec} at {layers} layers: {json.dumps(row)}", flush=True)
-        rows.append(row)
-        probes.append(Probe(layers, row["completed"], row.get("peak_rss_steps_gib")))
+        rows.append(probe(spec, w, steps, root, period))
+        print(f"{spec} at {layers} layers: {json.dumps(rows[-1])}", flush=True)
         report(summary(rows))
     return summary(rows)
 

@@ -56,6 +56,13 @@ def parse_run(spec: str) -> tuple[str, str, list[str]]:
     return name, python or sys.executable, [a for a in extra.split(",") if a]
 
 
+def command(spec: str, w: workload.Workload, paths: dict, steps: int, out: str) -> list[str]:
+    """The command line of run ``spec`` on workload ``w``'s files, writing ``out``."""
+    name, python, extra = parse_run(spec)
+    cmd = compare.command(name, python, w, paths, steps, out)
+    return cmd + ([f"--extra={a}" for a in extra] if name == "pojax" else extra)
+
+
 def rss_bytes(pid: int) -> int | None:
     """Resident set of ``pid`` and its children (the pojax runner re-executes itself), bytes."""
     total, found = 0, False
@@ -180,11 +187,8 @@ def main(argv) -> None:
     paths = workload.prepare(w, _ROOT.value)
     runs = {}
     for spec in _RUNS.value:
-        name, python, extra = parse_run(spec)
         out = os.path.join(_ROOT.value, f"{w.name}_memory_{len(runs)}.json")
-        cmd = compare.command(name, python, w, paths, _STEPS.value, out)
-        cmd += [f"--extra={a}" for a in extra] if name == "pojax" else extra
-        runs[spec] = summarize(run_sampled(cmd, out, _SAMPLE.value))
+        runs[spec] = summarize(run_sampled(command(spec, w, paths, _STEPS.value, out), out, _SAMPLE.value))
         print(f"{spec}: {json.dumps({k: v for k, v in runs[spec].items() if k != 'memory'})}", flush=True)
     result = {"hardware": _HARDWARE.value or compare.hardware_name(), "workload": w.__dict__, "steps": _STEPS.value,
               "sample_s": _SAMPLE.value, "params_m": w.params() / 1e6, "runs": runs}
