@@ -8,11 +8,33 @@ cannot be appended to) is written in a local temporary directory and uploaded wh
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import sys
 import tempfile
 
 from pojax import fs
+
+
+def _tensorboardx(module: str):
+    """``tensorboardX.<module>``, imported without torch.
+
+    tensorboardX's package ``__init__`` imports its ``SummaryWriter``, whose module runs ``import
+    torch`` when torch is installed (only to accept torch tensors as values): 2.5-4 s of a run's
+    start on 2 cores, for a writer pojax never uses. While tensorboardX is first imported, and only
+    if torch is not already loaded, ``sys.modules["torch"] = None`` makes that import fail as if
+    torch were absent (tensorboardX catches the ImportError); the entry is removed right after, so
+    a later ``import torch`` anywhere loads it normally.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        return importlib.import_module(f"tensorboardX.{module}")
+    sys.modules["torch"] = None
+    try:
+        return importlib.import_module(f"tensorboardX.{module}")
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
 
 
 def tag(key: str) -> str:
@@ -30,8 +52,8 @@ class EventWriter:
         import socket
         import time
 
-        from tensorboardX.proto import event_pb2
-        from tensorboardX.record_writer import RecordWriter
+        event_pb2 = _tensorboardx("proto.event_pb2")
+        RecordWriter = _tensorboardx("record_writer").RecordWriter
 
         self.remote = logdir if fs.is_remote(logdir) else None
         if self.remote is None:
@@ -54,7 +76,7 @@ class EventWriter:
         """Writes every finite number of ``values`` (non-numbers are skipped) as one event."""
         import time
 
-        from tensorboardX.proto import summary_pb2
+        summary_pb2 = _tensorboardx("proto.summary_pb2")
 
         numbers = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]

@@ -3,6 +3,8 @@ events, on one short gym run (module fixture)."""
 import math
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from safetensors.numpy import load_file
 
 from pojax.train.run import run_train
 from pojax.train.tasks import run_eval, run_export, run_sft
-from tests.train.helpers import quick_config, read_jsonl, run_main, warmup_cosine
+from tests.train.helpers import ROOT, quick_config, read_jsonl, run_main, warmup_cosine
 
 RUN = {"train.sft_steps": 0, "train.max_steps": 10, "train.batch_size": 16, "eval.every_steps": 3,
        "eval.num_examples": 32, "checkpoint.every_steps": 5, "checkpoint.best_metric": "eval_loss",
@@ -115,6 +117,19 @@ def test_tensorboard_events_equal_metrics_jsonl(run_dir):
     assert {"train/loss", "train/rewards/accuracies", "train/learning_rate", "train/epoch", "eval/loss",
             "eval/rewards/accuracies"} <= tags
     assert not {"loss", "eval_loss", "train/eval_loss"} & tags
+
+
+def test_event_writer_leaves_torch_unloaded_and_importable(tmp_path):
+    """tensorboardX would import torch (seconds of every run's start); pojax's writer does not, and
+    torch still imports afterwards in the same process."""
+    code = ("import sys; from pojax.train.tensorboard import EventWriter; w = EventWriter(sys.argv[1]); "
+            "w.scalars(1, {'loss': 0.5}); assert 'torch' not in sys.modules, 'torch loaded'; "
+            "import torch; print(torch.ones(2).sum().item())")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["2.0"]
+    (events,) = [f for f in os.listdir(tmp_path) if "tfevents" in f]
+    assert [{v.tag: v.simple_value for v in e.summary.value} for e in read_events(tmp_path / events)[1:]] == [{"loss": 0.5}]
 
 
 def test_learning_rate_and_epoch_on_every_line(run_dir):
