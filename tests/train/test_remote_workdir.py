@@ -62,7 +62,7 @@ def _lines(path):
 
 def test_run_on_gcs_writes_its_files_there_and_resumes(bucket):
     run = bucket / "b" / "run"
-    results = run_train(quick_config(**TINY), "gs://b/run")
+    results = run_train(quick_config(**TINY, **{"logging.plots": True}), "gs://b/run")
     assert json.loads((run / "results.json").read_text())["gold_win_rate"] == pytest.approx(results["gold_win_rate"])
     first = _lines(run / "metrics.jsonl")
     assert [r["step"] for r in first] == [1, 2, 3, 4]
