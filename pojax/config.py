@@ -103,8 +103,32 @@ def validate_loss(config) -> None:
             raise ConfigError("loss.name", f"{name!r} does not take data.format={config.data.format!r}: listwise "
                               "losses train on ranked data (data.format=ranked or gym), the others do not")
         _validate_fed_losses(config)
+    _validate_kto(config)
     if config.reference.mode == "none" and losses.needs_reference(name):
         raise ConfigError("reference.mode", f"'none', but loss {name!r} needs reference log-probs")
+
+
+def _validate_kto(config) -> None:
+    """KTO's reference point settings: a known kto_reference_point, an EMA decay in [0, 1), and a
+    centering group size that groups the batch mean and divides each micro-batch."""
+    if "kto" not in _loss_parts(config.loss.name):
+        return
+    loss, known = config.loss, losses.unpaired.KTO_REFERENCE_POINTS
+    point = loss.get("kto_reference_point")
+    if point is not None and point not in known:
+        raise ConfigError("loss.kto_reference_point", f"{point!r} is not one of {', '.join(known)}")
+    decay = loss.get("kto_baseline_ema_decay")
+    if decay is not None and not 0.0 <= decay < 1.0:
+        raise ConfigError("loss.kto_baseline_ema_decay", f"{decay} is not in [0, 1)")
+    size = loss.get("kto_centering_group_size")
+    if size:
+        micro = config.train.batch_size // max(config.train.grad_accum_steps, 1)
+        if size < 0 or micro % size:
+            raise ConfigError("loss.kto_centering_group_size", f"{size} must be a positive divisor of the "
+                              f"micro-batch (train.batch_size / train.grad_accum_steps = {micro} rows)")
+        if point != "batch_mean":
+            raise ConfigError("loss.kto_centering_group_size", f"groups the batch mean; set "
+                              f"loss.kto_reference_point=batch_mean (it is {point or 'kl'!r})")
 
 
 def _loss_parts(name) -> list[str]:

@@ -20,6 +20,7 @@ LOSS_HPARAMS = {
     "beta_dpo_alpha": float, "beta_dpo_filter": bool, "beta_dpo_rho": float, "beta_dpo_momentum": float,
     "madpo_c_max": float, "madpo_c_min": float, "madpo_lambda": float, "madpo_tau": float,
     "tdpo_alpha": float, "tgdpo_alpha": float, "kto_reference_point": str,
+    "kto_baseline_ema_decay": float, "kto_centering_group_size": int,  # KTO's running / grouped reference points
     "ofs_alpha": float,  # OFS-DPO's regularizer weight (pojax.losses.online.ofs_dpo)
     "tpo_published_sign": bool,  # TPO: the authors' code's outer sign (reproduction only; listwise.tpo)
 }

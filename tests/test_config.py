@@ -222,3 +222,26 @@ def test_completion_end_and_label_fractions_name_their_key(overrides, message):
     ok = base_config()  # the ELBO-KTO authors' n_D / n_U on an unpaired loss validate
     ok.loss.name, ok.data.desirable_fraction, ok.data.undesirable_fraction = "kto", 0.1, 0.0
     validate(ok)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"loss.kto_reference_point": "global"}, "config key loss.kto_reference_point: 'global' is not one of kl, "
+                                             "batch_mean, zero, running_global, running_class_conditional"),
+    ({"loss.kto_reference_point": "running_global", "loss.kto_baseline_ema_decay": 1.0},
+     r"config key loss.kto_baseline_ema_decay: 1.0 is not in \[0, 1\)"),
+    ({"loss.kto_reference_point": "batch_mean", "loss.kto_centering_group_size": 5},
+     r"config key loss.kto_centering_group_size: 5 must be a positive divisor of the micro-batch "
+     r"\(train.batch_size / train.grad_accum_steps = 32 rows\)"),
+    ({"loss.kto_centering_group_size": 4}, "config key loss.kto_centering_group_size: groups the batch mean; "
+                                            "set loss.kto_reference_point=batch_mean \\(it is 'kl'\\)"),
+])
+def test_kto_reference_point_settings_name_their_key(overrides, message):
+    config = base_config()
+    config.loss.name, config.train.batch_size = "kto", 32
+    for key, value in overrides.items():
+        config.loss[key.split(".")[1]] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+    config = base_config()
+    config.loss.name, config.loss.kto_reference_point, config.loss.kto_centering_group_size = "kto", "batch_mean", 8
+    validate(config)  # a divisor of the default micro-batch

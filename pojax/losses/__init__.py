@@ -32,13 +32,14 @@ from pojax.losses.types import (
     TokenLogps,
     UnpairedLogps,
 )
-from pojax.losses.unpaired import BCOState
+from pojax.losses.unpaired import BCOState, KTOBaselineState
 
 __all__ = [
     "RUNTIME_ARGS",
     "TOKEN_KL",
     "TOKEN_REWARDS",
     "BCOState",
+    "KTOBaselineState",
     "BetaDPOState",
     "LossOutput",
     "PairLogps",

@@ -69,7 +69,58 @@ def kto_z0(logps: UnpairedLogps):
     return jnp.maximum(kto_kl_estimate(logps), 0.0)
 
 
-KTO_REFERENCE_POINTS = ("kl", "batch_mean", "zero")
+RUNNING_REFERENCE_POINTS = ("running_global", "running_class_conditional")
+KTO_REFERENCE_POINTS = ("kl", "batch_mean", "zero") + RUNNING_REFERENCE_POINTS
+
+
+@struct.dataclass
+class KTOBaselineState:
+    """KTO's running reference points (the ELBO-KTO authors' running baselines): exponential
+    moving averages of the batch's mean implicit reward r, all starting at 0.
+
+    ``ema`` follows every row ("running_global"); ``ema_desirable`` / ``ema_undesirable``
+    follow each label's rows ("running_class_conditional"). Scalars float32, without gradient.
+    """
+
+    ema: jax.Array = struct.field(default_factory=lambda: jnp.zeros((), jnp.float32))
+    ema_desirable: jax.Array = struct.field(default_factory=lambda: jnp.zeros((), jnp.float32))
+    ema_undesirable: jax.Array = struct.field(default_factory=lambda: jnp.zeros((), jnp.float32))
+
+    def z0(self, label, kind: str):
+        """The reference point of each row: the scalar EMA, or [B] by label."""
+        if kind == "running_global":
+            return self.ema
+        return jnp.where(label, self.ema_desirable, self.ema_undesirable)
+
+    def update(self, r, label, kind: str, decay) -> "KTOBaselineState":
+        """b ← decay · b + (1 − decay) · mean(r) over the rows b follows; a label with no row
+        in the batch keeps its EMA. ``r`` [B] and ``label`` [B] bool are the *global* batch
+        (under a mesh XLA reduces the sharded rows), so every host computes the same EMAs."""
+        r = jax.lax.stop_gradient(r)
+
+        def step(ema, mask):
+            n = jnp.sum(mask)
+            mean = jnp.sum(jnp.where(mask, r, 0.0)) / jnp.maximum(n, 1)
+            return jnp.where(n > 0, decay * ema + (1.0 - decay) * mean, ema)
+
+        if kind == "running_global":
+            return self.replace(ema=step(self.ema, jnp.ones_like(label)))
+        return self.replace(ema_desirable=step(self.ema_desirable, label),
+                            ema_undesirable=step(self.ema_undesirable, ~label))
+
+
+def _group_mean(r, group_size: int):
+    """[B] → the mean of r over the batch (scalar; ``group_size`` 0), or [B]: each row gets the
+    mean over its contiguous group of ``group_size`` rows (a last, partial group when the
+    batch does not divide: an evaluation's last batch). No gradient."""
+    r = jax.lax.stop_gradient(r)
+    if not group_size:
+        return jnp.mean(r)
+    group = jnp.arange(r.shape[0]) // group_size
+    n = -(-r.shape[0] // group_size)
+    sums = jax.ops.segment_sum(r, group, num_segments=n)
+    counts = jax.ops.segment_sum(jnp.ones_like(r), group, num_segments=n)
+    return (sums / counts)[group]
 
 
 def _diagnostics(r, z0, beta, length):
@@ -97,7 +148,8 @@ def _diagnostics(r, z0, beta, length):
 
 @register("kto")
 def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0,
-        kto_reference_point: str = "kl") -> LossOutput:
+        kto_reference_point: str = "kl", kto_baseline_ema_decay=0.99, kto_centering_group_size: int = 0,
+        state: KTOBaselineState | None = None) -> LossOutput:
     r"""KTO (Ethayarajh et al., arXiv 2402.01306, Eq. 7–8), as in TRL's KTOTrainer:
 
     L = λ_D (1 - σ(β(r - z0)))  for desirable y,
@@ -111,8 +163,19 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
     - ``"batch_mean"`` (ELBO-KTO, arXiv 2510.23658, the authors' default ``global_mean``):
       z0 = mean_B(r), detached. Under a mesh, ``jnp.mean`` over the batch sharded on
       ("data", "fsdp") is the mean over the *global* batch (XLA all-reduces it), as the
-      authors' all_reduce does.
+      authors' all_reduce does. With ``kto_centering_group_size`` = g > 0 each row's z0 is
+      the mean over its contiguous group of g rows of the global batch instead.
     - ``"zero"``: z0 = 0.
+    - ``"running_global"`` (the ELBO-KTO authors' running baseline): z0 = b, an EMA of the
+      global batch's mean r, b ← d·b + (1 − d)·mean_B(r), d = ``kto_baseline_ema_decay``.
+    - ``"running_class_conditional"``: one such EMA over the desirable rows and one over the
+      undesirable rows; each row's z0 is its label's EMA, and a label absent from the batch
+      keeps its EMA.
+
+    The running EMAs live in ``state`` (``KTOBaselineState``; None: all 0) and are read
+    *before* this batch updates them (so the first batch trains as with "zero"); the updated
+    state is returned in ``LossOutput.state``. Training threads it through the train state
+    (checkpointed); evaluation reads it and discards the update.
 
     Metrics: TRL's, ``kl`` (= z0 whatever its kind; TRL's clamped value for "kl"),
     ``kl/unclamped`` (``kto_kl_estimate``, whenever ``kl`` / ``ref_kl`` are given: it moves
@@ -124,12 +187,19 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
     if kto_reference_point not in KTO_REFERENCE_POINTS:
         raise ValueError(f"unknown kto_reference_point {kto_reference_point!r}; "
                          f"known: {', '.join(KTO_REFERENCE_POINTS)}")
+    if kto_centering_group_size and kto_reference_point != "batch_mean":
+        raise ValueError(f"kto_centering_group_size={kto_centering_group_size} groups the batch mean; "
+                         f"it needs kto_reference_point='batch_mean', not {kto_reference_point!r}")
     logps = _cast(logps, "kto", need_kl=kto_reference_point == "kl")
     r = logps.completion - logps.ref_completion
-    if kto_reference_point == "kl":
+    running = kto_reference_point in RUNNING_REFERENCE_POINTS
+    if running:
+        state = KTOBaselineState() if state is None else state
+        z0 = state.z0(logps.label, kto_reference_point)
+    elif kto_reference_point == "kl":
         z0 = kto_z0(logps)
     elif kto_reference_point == "batch_mean":
-        z0 = jax.lax.stop_gradient(jnp.mean(r))
+        z0 = _group_mean(r, kto_centering_group_size)
     else:
         z0 = jnp.zeros((), jnp.float32)
     loss = jnp.where(
@@ -142,7 +212,13 @@ def kto(logps: UnpairedLogps, *, beta=0.1, desirable_weight=1.0, undesirable_wei
     if logps.kl is not None and logps.ref_kl is not None:
         metrics["kl/unclamped"] = kto_kl_estimate(logps)
     metrics.update(_diagnostics(r, z0, beta, logps.length))
-    return LossOutput(loss=loss, metrics=metrics)
+    if running:
+        state = state.update(r, logps.label, kto_reference_point, kto_baseline_ema_decay)
+        if kto_reference_point == "running_global":
+            metrics["baseline/ema_global"] = state.ema
+        else:
+            metrics["baseline/ema_D"], metrics["baseline/ema_U"] = state.ema_desirable, state.ema_undesirable
+    return LossOutput(loss=loss, metrics=metrics, state=state)
 
 
 @register("apo_zero_unpaired")

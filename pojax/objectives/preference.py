@@ -202,10 +202,12 @@ def _scalar_metrics(metrics: dict) -> dict:
     return {k: jnp.nanmean(v) if jnp.ndim(v) else v for k, v in metrics.items()}
 
 
-def initial_loss_state(loss_name):
-    """The running state a loss threads through training (BCO's δ, β-DPO's margin statistics),
-    or None."""
+def initial_loss_state(loss_name, hparams: dict | None = None):
+    """The running state a loss threads through training (BCO's δ, β-DPO's margin statistics,
+    KTO's running reference points), or None."""
     states = {"bco": losses.BCOState, "beta_dpo": losses.BetaDPOState}
+    if loss_name == "kto" and (hparams or {}).get("kto_reference_point") in losses.unpaired.RUNNING_REFERENCE_POINTS:
+        return losses.KTOBaselineState()
     return states[loss_name]() if isinstance(loss_name, str) and loss_name in states else None
 
 

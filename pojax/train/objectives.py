@@ -146,7 +146,7 @@ def preference_objective(config, *, mask_id: int | None, lora_base: bool, packed
     def objective(m, ref, b, ls):
         return loss_fn(m, without_adapters(m) if lora_base else ref, b, ls)
 
-    return with_router_aux_loss(objective, config), initial_loss_state(name)
+    return with_router_aux_loss(objective, config), initial_loss_state(name, hparams)
 
 
 def half_budget_objective(config, *, mask_id: int, lora_base: bool):

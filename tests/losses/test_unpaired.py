@@ -61,3 +61,110 @@ def test_diagnostics_with_other_reference_points_and_without_lengths():
     np.testing.assert_allclose(out.metrics["abs_beta_s/mean"], np.abs(0.2 * r_hat).mean(), rtol=1e-5)
     np.testing.assert_allclose(out.metrics["abs_r_hat_z0/mean"], np.abs(r_hat).mean(), rtol=1e-5)
     np.testing.assert_allclose(out.metrics["abs_beta_r/mean"], np.abs(0.2 * r_hat).mean(), rtol=1e-5)
+
+
+# KTO's running and grouped reference points (the ELBO-KTO authors' baselines: train.py's
+# ``_baseline_z0`` / ``_update_running_baselines`` and their tests/test_baselines.py rules),
+# against numpy: b ← d·b + (1 − d)·mean(r), read before the update, one EMA per label for the
+# class-conditional kind, a label absent from the batch keeping its EMA.
+RUNNING = ("running_global", "running_class_conditional")
+
+
+def numpy_emas(batches, decay=0.99):
+    """(global EMA, desirable EMA, undesirable EMA) after each batch of (r, label), float64."""
+    g = d = u = 0.0
+    out = []
+    for r, label in batches:
+        g = decay * g + (1 - decay) * r.mean()
+        d = decay * d + (1 - decay) * r[label].mean() if label.any() else d
+        u = decay * u + (1 - decay) * r[~label].mean() if (~label).any() else u
+        out.append((g, d, u))
+    return out
+
+
+@pytest.mark.parametrize("kind", RUNNING)
+def test_running_reference_point_starts_as_zero_then_follows_the_ema(kind):
+    (u1, r1, l1, _), (u2, r2, l2, _) = logps(seed=2), logps(seed=3)
+    kto = lambda u, **kw: L.get("kto")(u, beta=0.5, undesirable_weight=1.33, **kw)
+    first = jax.jit(lambda u: kto(u, kto_reference_point=kind))(u1)  # state None: every EMA at 0
+    np.testing.assert_allclose(first.loss, kto(u1, kto_reference_point="zero").loss, rtol=1e-6)
+    second = kto(u2, kto_reference_point=kind, state=first.state)
+    want = numpy_emas([(r1, l1), (r2, l2)])
+    s1, s2 = first.state, second.state
+    if kind == "running_global":
+        np.testing.assert_allclose([s1.ema, s2.ema], [w[0] for w in want], rtol=1e-5)
+        np.testing.assert_allclose(second.metrics["baseline/ema_global"], want[1][0], rtol=1e-5)
+        z0 = np.full(len(r2), want[0][0])
+    else:
+        np.testing.assert_allclose([[s.ema_desirable, s.ema_undesirable] for s in (s1, s2)],
+                                   [w[1:] for w in want], rtol=1e-5)
+        assert want[0][1] != pytest.approx(want[0][2])  # the two labels' EMAs differ
+        z0 = np.where(l2, want[0][1], want[0][2])
+    # the second batch is centered on the EMAs of the first (before its own update): the zero
+    # baseline on rewards shifted by those values
+    shifted = u2.replace(completion=np.float32(u2.completion - z0))
+    np.testing.assert_allclose(second.loss, kto(shifted, kto_reference_point="zero").loss, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(second.metrics["kl"], z0, rtol=1e-5)
+
+
+def test_an_absent_label_keeps_its_ema():
+    u, r, _, _ = logps(seed=4)
+    for present in (True, False):
+        label = np.full(len(r), present)
+        out = L.get("kto")(u.replace(label=label), kto_reference_point="running_class_conditional")
+        moved, kept = (out.state.ema_desirable, out.state.ema_undesirable)[::1 if present else -1]
+        np.testing.assert_allclose(moved, 0.01 * r.mean(), rtol=1e-5)
+        assert float(kept) == 0.0
+
+
+@pytest.mark.parametrize("kind", RUNNING + ("batch_mean",))
+def test_reference_points_carry_no_gradient(kind):
+    """d loss / d log π(y) equals the gradient with z0 held fixed at its value (the zero baseline
+    on shifted rewards), so no gradient flows through the EMAs or the (grouped) batch mean."""
+    u, r, label, _ = logps(seed=5)
+    state = L.KTOBaselineState(ema=np.float32(3.0), ema_desirable=np.float32(-7.0), ema_undesirable=np.float32(11.0))
+    kw = dict(kto_reference_point=kind, state=state) if kind in RUNNING else dict(kto_reference_point=kind,
+                                                                                kto_centering_group_size=4)
+    z0 = np.asarray(L.get("kto")(u, **kw).metrics["kl"])
+    z0 = np.broadcast_to(z0, r.shape)
+    grad = jax.grad(lambda c: L.get("kto")(u.replace(completion=c), **kw).loss.mean())(u.completion)
+    fixed = jax.grad(lambda c: L.get("kto")(u.replace(completion=c - z0), kto_reference_point="zero").loss.mean())(
+        u.completion)
+    np.testing.assert_allclose(grad, fixed, rtol=1e-5, atol=1e-9)
+    assert np.abs(grad).max() > 0
+
+
+def test_centering_groups_take_the_mean_within_contiguous_groups():
+    u, r, _, _ = logps(seed=6, b=12)
+    out = L.get("kto")(u, kto_reference_point="batch_mean", kto_centering_group_size=4)
+    np.testing.assert_allclose(out.metrics["kl"], np.repeat(r.reshape(3, 4).mean(1), 4), rtol=1e-5)
+    whole = L.get("kto")(u, kto_reference_point="batch_mean", kto_centering_group_size=12)
+    np.testing.assert_allclose(whole.loss, L.get("kto")(u, kto_reference_point="batch_mean").loss, rtol=1e-6)
+    partial = L.get("kto")(u, kto_reference_point="batch_mean", kto_centering_group_size=5)  # groups 5, 5, 2
+    np.testing.assert_allclose(partial.metrics["kl"], np.repeat([r[:5].mean(), r[5:10].mean(), r[10:].mean()],
+                                                                [5, 5, 2]), rtol=1e-5)
+    with pytest.raises(ValueError, match="kto_centering_group_size=4 groups the batch mean"):
+        L.get("kto")(u, kto_reference_point="zero", kto_centering_group_size=4)
+
+
+def test_running_emas_are_those_of_the_global_batch_under_a_mesh():
+    """The authors' regression (an EMA gated on rank-local counts): on 8 devices each holding
+    rows of one label only, both label EMAs still update, equal to the single-device values, and
+    the state comes back replicated (the same value on every device, so on every host)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from pojax.sharding import make_mesh
+
+    u, r, _, _ = logps(seed=7, b=16)
+    label = np.repeat(np.arange(8) % 2 == 0, 2)  # device i holds rows 2i, 2i+1: one label each
+    u = u.replace(label=label)
+    mesh = make_mesh(data=8)
+    rows = NamedSharding(mesh, P(("data", "fsdp")))
+    sharded = jax.device_put(u, jax.tree.map(lambda _: rows, u))
+    fn = jax.jit(lambda u: L.get("kto")(u, kto_reference_point="running_class_conditional").state)
+    state = fn(sharded)
+    want = numpy_emas([(r, label)])[0]
+    np.testing.assert_allclose([state.ema_desirable, state.ema_undesirable], want[1:], rtol=1e-5)
+    for leaf in jax.tree.leaves(state):
+        assert leaf.sharding.is_fully_replicated
+        assert len({float(s.data) for s in leaf.addressable_shards}) == 1
