@@ -413,6 +413,10 @@ def validate(config) -> None:
     for key in ("train.max_steps", "train.batch_size", "train.grad_accum_steps", "checkpoint.every_steps", "checkpoint.keep",
                 "checkpoint.keep_best", "eval.every_steps", "reference.lora_rank", "likelihood.chunk_size"):
         _positive(config, key)
+    samples = config.eval.num_samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ConfigError("eval.num_samples", f"must be an integer >= 0 (0 = no sampled gold-reward evaluation), "
+                          f"got {samples!r}")
     vocab_chunk = config.likelihood.vocab_chunk_size
     if not isinstance(vocab_chunk, int) or vocab_chunk < 0:
         raise ConfigError("likelihood.vocab_chunk_size", f"must be an integer >= 0 (0 = one tile of the whole vocabulary), "

@@ -169,7 +169,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.every_steps = 50  # steps between evaluations
     c.eval.num_examples = 64  # held-out examples per evaluation
     c.eval.split = "held_out"  # task = "eval" on data.path: held_out (the rows training holds out: same file, train.seed, num_examples; upstream layouts: of the test split) | all (every row of the file / test split)
-    c.eval.num_samples = 4  # sampled responses per prompt for gold-reward win rates
+    c.eval.num_samples = 4  # sampled responses per prompt for gold-reward win rates; 0 = no sampled gold evaluation
     c.eval.temperature = 1.0  # sampling temperature of those responses
     c.eval.max_new_tokens = 256  # task = "eval": tokens generated per response (win rates, GSM8K, JSONL)
     c.eval.prompts_path = ""  # task = "eval": prompts (a "prompt" column) for judged win rates vs reference.path

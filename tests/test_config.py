@@ -67,6 +67,7 @@ def test_unset_loss_keys_are_left_to_the_loss():
                                "no preferences to train on: task=sft trains on them"),
         ("data.assistant_only_loss", True, r"config key data.assistant_only_loss: True applies to SFT rows "
                                            r"\(data.format=sft\), not data.format='gym'"),
+        ("eval.num_samples", -1, "config key eval.num_samples: must be an integer >= 0"),
         ("loss.simpo_gamma", 1.0, "config key loss.simpo_gamma: loss 'sigmoid' has no hyperparameter 'simpo_gamma'"),
     ],
 )

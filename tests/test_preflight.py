@@ -10,7 +10,7 @@ from pojax.config import ConfigError, base_config
 from tests.train.helpers import flags, main_cmd, read_jsonl, run_main
 
 TINY = flags(**{"train.sft_steps": 0, "train.max_steps": 4, "checkpoint.every_steps": 2, "eval.num_examples": 0,
-                "data.gym.num_eval": 8, "eval.num_samples": 1, "logging.plots": False, "train.export_final": False})
+                "data.gym.num_eval": 8, "eval.num_samples": 0, "logging.plots": False, "train.export_final": False})
 
 
 def test_absolute_workdir(tmp_path, monkeypatch):

@@ -132,8 +132,10 @@ def preference_eval(policy, reference, rows: dict, config, *, loss_state=None, l
 def gold_eval(gym: gym_lib.Gym, policy, before, config) -> dict:
     """Gold reward of sampled responses: ``policy`` vs ``before`` on the same held-out prompts,
     ``eval.num_samples`` samples each; a prompt is a win when its mean gold reward is higher
-    (ties count ½)."""
+    (ties count ½). ``eval.num_samples`` = 0 samples nothing and returns no figures."""
     n, k = config.data.gym.num_eval, config.eval.num_samples
+    if not k:
+        return {}
     prompts = gym.prompts(np.random.default_rng([config.train.seed, 7]), n)
     rows = np.concatenate([np.full((n, 1), gym_lib.BOS), prompts, np.full((n, 1), gym_lib.SEP)], 1).astype(np.int32)
     rows = np.repeat(rows, k, axis=0)

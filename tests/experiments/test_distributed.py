@@ -26,7 +26,7 @@ from tests.train.helpers import ROOT, main_cmd, read_jsonl
 STEPS = 6
 ARGS = ["--config.train.sft_steps=0", "--config.model.num_layers=1", f"--config.train.max_steps={STEPS}", "--config.data.gym.num_train=256",
         "--config.logging.plots=False", "--config.train.export_final=False", "--config.eval.num_examples=0",
-        "--config.data.gym.num_eval=8", "--config.eval.num_samples=1", "--config.mesh.data=-1"]
+        "--config.data.gym.num_eval=8", "--config.eval.num_samples=0", "--config.mesh.data=-1"]
 COMPARED = ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins")
 
 

@@ -38,7 +38,7 @@ N_KILLS = 3  # 20, then 12, 6, 4, until the CI budget (40 min on 2 cores) asked 
 STEPS = 12  # more than N_KILLS lives can log: each is killed within about a step of its first new one
 SETTINGS = {"train.sft_steps": 0, "train.max_steps": STEPS, "train.batch_size": 8, "checkpoint.every_steps": 1,
             "checkpoint.keep": 2, "logging.plots": False, "train.export_final": False, "data.gym.num_eval": 8,
-            "eval.num_samples": 1, "eval.num_examples": 8, "eval.every_steps": 1000}
+            "eval.num_samples": 0, "eval.num_examples": 8, "eval.every_steps": 1000}
 RUN = flags(**SETTINGS)
 
 

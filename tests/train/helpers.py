@@ -45,9 +45,11 @@ def flags(**overrides):
 
 def main_cmd(workdir, *args):
     """``python -m pojax.main`` on the quickstart recipe, progress bar and plots off as in
-    quick_config (a later ``--config.logging.plots=True`` in ``args`` wins)."""
+    quick_config, and no sampled gold-reward evaluation (eval.num_samples = 0: the sampler's
+    compile, 1.5-3 s per process; no subprocess test reads gold_* figures). A later flag in
+    ``args`` (``--config.eval.num_samples=2``) wins."""
     return [sys.executable, "-m", "pojax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
-            "--config.logging.progress=False", "--config.logging.plots=False", *args]
+            "--config.logging.progress=False", "--config.logging.plots=False", "--config.eval.num_samples=0", *args]
 
 
 def run_main(workdir, *args, devices=None, timeout=600):

@@ -31,7 +31,7 @@ def report(tmp_path_factory):
     config = quick_config(**{"train.sft_steps": 0, "train.max_steps": 1, "model.hidden_size": D, "model.num_layers": L,
                              "model.intermediate_size": F, "model.num_heads": H, "model.num_kv_heads": H,
                              "train.batch_size": 2, "eval.num_examples": 0, "logging.plots": False,
-                             "train.export_final": False, "data.gym.num_eval": 8, "eval.num_samples": 1})
+                             "train.export_final": False, "data.gym.num_eval": 8, "eval.num_samples": 0})
     run_train(config, str(workdir))
     gym = gym_lib.from_config(config)
     rows = gym_lib.training_rows(gym, "paired", 0, 2)
@@ -80,7 +80,7 @@ def test_compiled_step_compiles_once_per_shape_and_computes_what_jit_computes():
 
 def test_bfloat16_reference_and_first_moment_halve_their_bytes(tmp_path):
     config = quick_config(**{"train.sft_steps": 0, "train.max_steps": 1, "eval.num_examples": 0, "logging.plots": False,
-                             "train.export_final": False, "data.gym.num_eval": 8, "eval.num_samples": 1,
+                             "train.export_final": False, "data.gym.num_eval": 8, "eval.num_samples": 0,
                              "reference.dtype": "bfloat16", "optimizer.mu_dtype": "bfloat16"})
     run_train(config, str(tmp_path))
     d = json.loads((tmp_path / "memory.json").read_text())["train"]["device"]
@@ -107,7 +107,7 @@ def test_offloaded_optimizer_state_resumes_and_trains_like_the_device_one(tmp_pa
     import shutil
 
     base = {"train.sft_steps": 0, "train.max_steps": 3, "eval.num_examples": 0, "logging.plots": False,
-            "train.export_final": False, "data.gym.num_eval": 8, "eval.num_samples": 1, "checkpoint.every_steps": 1,
+            "train.export_final": False, "data.gym.num_eval": 8, "eval.num_samples": 0, "checkpoint.every_steps": 1,
             "checkpoint.keep": 5, "optimizer.schedule": "constant"}
     run_train(quick_config(**base), str(tmp_path))
     first = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -130,9 +130,10 @@ def test_remat_without_scan_recomputes_one_layer_at_a_time(tmp_path):
                              "model.num_layers": layers, "model.intermediate_size": f, "model.num_heads": heads,
                              "model.num_kv_heads": 2, "train.batch_size": 2, "eval.num_examples": 0,
                              "logging.plots": False, "train.export_final": False, "data.gym.num_eval": 8,
-                             "eval.num_samples": 1, "data.gym.prompt_len": prompt, "data.gym.response_len": response,
+                             "eval.num_samples": 0, "data.gym.prompt_len": prompt, "data.gym.response_len": response,
                              "model.remat": "full"})
-    run_train(config, str(tmp_path))
+    results = run_train(config, str(tmp_path))
+    assert not [k for k in results if k.startswith("gold_")]  # eval.num_samples = 0: nothing sampled
     d = json.loads((tmp_path / "memory.json").read_text())["train"]["device"]
     rows, length = 2 * 2, 2 * (prompt + response)  # chosen and rejected rows (generous: a prompt and both answers)
     vocab = gym_lib.from_config(config).vocab_size

@@ -7,7 +7,7 @@ from tests.train.helpers import flags, losses, run_main
 
 
 def test_mesh_run_follows_single_device_run(tmp_path):
-    short = flags(**{"train.sft_steps": 3, "train.max_steps": 5, "data.gym.num_eval": 8, "eval.num_samples": 1,
+    short = flags(**{"train.sft_steps": 3, "train.max_steps": 5, "data.gym.num_eval": 8, "eval.num_samples": 0,
                      "eval.every_steps": 5, "logging.plots": False, "train.export_final": False})
     run_main(tmp_path / "one", *short, devices=1)
     run_main(tmp_path / "mesh", *short, "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
