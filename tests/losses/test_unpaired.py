@@ -168,3 +168,60 @@ def test_running_emas_are_those_of_the_global_batch_under_a_mesh():
     for leaf in jax.tree.leaves(state):
         assert leaf.sharding.is_fully_replicated
         assert len({float(s.data) for s in leaf.addressable_shards}) == 1
+
+
+HOST_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from pojax.config import base_config
+from pojax.distributed import maybe_initialize
+import pojax.losses as L
+from pojax.sharding import make_mesh
+
+config = base_config()
+d = config.distributed
+d.initialize, d.coordinator_address, d.num_processes, d.process_id = True, sys.argv[1], 2, int(sys.argv[2])
+maybe_initialize(config)
+r, label = (np.asarray(json.loads(a), np.float32) for a in sys.argv[3:5])
+label = label.astype(bool)
+mesh = make_mesh(data=-1)  # 8 devices: 4 on each process
+rows = NamedSharding(mesh, P(("data", "fsdp")))
+half = slice(jax.process_index() * 8, jax.process_index() * 8 + 8)  # this host's rows: one label only
+put = lambda x: jax.make_array_from_process_local_data(rows, x[half], x.shape)
+u = L.UnpairedLogps(completion=put(r), ref_completion=put(np.zeros_like(r)), label=put(label))
+state = jax.jit(lambda u: L.get("kto")(u, kto_reference_point="running_class_conditional").state)(u)
+print("EMAS", json.dumps([float(np.asarray(x.addressable_shards[0].data)) for x in (state.ema_desirable, state.ema_undesirable)]))
+"""
+
+
+def test_running_emas_are_identical_on_two_hosts_holding_one_label_each(tmp_path):
+    """The 2-process version of the test above: host 0 holds only desirable rows, host 1 only
+    undesirable ones; both hosts compute both EMAs, equal to numpy's over the global batch."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests import xla
+
+    rng = np.random.default_rng(8)
+    r = rng.normal(0.0, 3.0, 16).astype(np.float32)
+    label = np.arange(16) < 8
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla.flags(4))
+    args = [json.dumps(r.tolist()), json.dumps(label.astype(int).tolist())]
+    procs = [subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, address, str(i), *args], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    emas = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        emas.append(json.loads(next(l for l in out.splitlines() if l.startswith("EMAS "))[5:]))
+    want = numpy_emas([(r.astype(np.float64), label)])[0][1:]
+    assert emas[0] == emas[1]  # bit-identical on both hosts
+    np.testing.assert_allclose(emas[0], want, rtol=1e-5)
+    assert 0.0 not in emas[0]
