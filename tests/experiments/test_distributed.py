@@ -12,7 +12,6 @@ host, and is relaunched; since resume is exact, its final metrics still equal th
 """
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -20,26 +19,13 @@ import pytest
 
 from pojax.config import base_config
 from pojax.distributed import initialize_kwargs
-from tests import xla
-from tests.train.helpers import ROOT, main_cmd, read_jsonl
+from tests.train.helpers import ROOT, cpu_env, free_port, main_cmd, read_jsonl
 
 STEPS = 6
 ARGS = ["--config.train.sft_steps=0", "--config.model.num_layers=1", f"--config.train.max_steps={STEPS}", "--config.data.gym.num_train=256",
         "--config.logging.plots=False", "--config.train.export_final=False", "--config.eval.num_examples=0",
         "--config.data.gym.num_eval=8", "--config.eval.num_samples=0", "--config.mesh.data=-1"]
 COMPARED = ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = xla.flags(devices)
-    return env
 
 
 def test_initialize_kwargs_auto_detect():
@@ -54,11 +40,11 @@ def test_initialize_kwargs_auto_detect():
 
 def _pair(workdir, *extra):
     """Starts the two processes of a 2-host run (each on 4 CPU devices) on ``workdir``."""
-    port = _free_port()
+    port = free_port()
     dist = ["--config.distributed.initialize=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
             "--config.distributed.num_processes=2", *extra]
     return [subprocess.Popen(main_cmd(workdir, *ARGS, *dist, f"--config.distributed.process_id={i}"), cwd=ROOT,
-                             env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+                             env=cpu_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 
 def _lines(path) -> int:
@@ -94,7 +80,7 @@ def runs(tmp_path_factory):
     shared, single = tmp / "two_hosts", str(tmp / "one_host")
     metrics = shared / "metrics.jsonl"
     # the 1-process run alongside life 1: the pair idles in collectives, so this overlaps them
-    one = subprocess.Popen(main_cmd(single, *ARGS), cwd=ROOT, env=_env(8), stdout=subprocess.PIPE,
+    one = subprocess.Popen(main_cmd(single, *ARGS), cwd=ROOT, env=cpu_env(8), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     procs = _pair(shared, *EXTRA)
     _wait_for_lines(procs, metrics, 1)

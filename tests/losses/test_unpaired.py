@@ -199,22 +199,17 @@ def test_running_emas_are_identical_on_two_hosts_holding_one_label_each(tmp_path
     """The 2-process version of the test above: host 0 holds only desirable rows, host 1 only
     undesirable ones; both hosts compute both EMAs, equal to numpy's over the global batch."""
     import json
-    import os
-    import socket
     import subprocess
     import sys
 
-    from tests import xla
+    from tests.train.helpers import cpu_env, free_port
 
     rng = np.random.default_rng(8)
     r = rng.normal(0.0, 3.0, 16).astype(np.float32)
     label = np.arange(16) < 8
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla.flags(4))
+    address = f"127.0.0.1:{free_port()}"
     args = [json.dumps(r.tolist()), json.dumps(label.astype(int).tolist())]
-    procs = [subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, address, str(i), *args], env=env, text=True,
+    procs = [subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, address, str(i), *args], env=cpu_env(4), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     emas = []

@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -50,6 +51,18 @@ def main_cmd(workdir, *args):
     ``args`` (``--config.eval.num_samples=2``) wins."""
     return [sys.executable, "-m", "pojax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
             "--config.logging.progress=False", "--config.logging.plots=False", "--config.eval.num_samples=0", *args]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (a jax.distributed coordinator's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(devices: int) -> dict:
+    """This environment for a child process that computes on ``devices`` host CPU devices."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla.flags(devices))
 
 
 def run_main(workdir, *args, devices=None, timeout=600):

@@ -11,7 +11,7 @@ from tests.train.helpers import quick_config, read_jsonl
 
 TINY = {"loss.name": "kto", "loss.kto_reference_point": "running_class_conditional", "loss.kto_baseline_ema_decay": 0.5,
         "train.sft_steps": 0, "train.max_steps": 4, "checkpoint.every_steps": 2, "checkpoint.keep": 3,
-        "train.batch_size": 8, "data.gym.num_train": 64, "data.gym.num_eval": 8, "eval.num_samples": 1,
+        "train.batch_size": 8, "data.gym.num_train": 64, "data.gym.num_eval": 8, "eval.num_samples": 0,
         "eval.num_examples": 8, "optimizer.learning_rate": 1e-2, "optimizer.warmup_steps": 0,
         "model.num_layers": 1, "train.export_final": False}
 KEYS = ("loss", "baseline/ema_D", "baseline/ema_U", "kl", "rewards/chosen")
